@@ -1,0 +1,315 @@
+"""Daemon configuration: one TOML file, resolved and validated once at start.
+
+Every option and its default is documented in `configs/monitor.toml`. Unknown sections or keys
+are errors so that a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from monitor.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    protocol: int = 5
+    client_id: str = ""
+    username: str = ""
+    password_file: str = ""
+    password_env: str = ""
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    topic_prefix: str = "ecg"
+    share_group: str = ""
+    qos: int = 1
+    session_expiry_s: int = 3600
+    receive_maximum: int = 1000
+    max_inflight_out: int = 1000
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    # Resolved at load time from password_file / password_env; never from the command line.
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def subscription(self) -> str:
+        topic = f"{self.topic_prefix}/+/window"
+        return f"$share/{self.share_group}/{topic}" if self.share_group else topic
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    path: str = "../models/ecg5000-dense.onnx"
+    threshold: float = math.nan
+    provider: str = "auto"
+    intra_op_threads: int = 0
+    graph_optimization: str = "all"
+    watch_s: float = 0.0
+
+    @property
+    def threshold_override(self) -> float | None:
+        return None if math.isnan(self.threshold) else self.threshold
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    pipeline_depth: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    min_consecutive: int = 1
+    cooldown_s: float = 0.0
+    publish_scores: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_payload_bytes: int = 1 << 20
+    max_windows_per_message: int = 4096
+    queue_windows: int = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    instance_id: str = ""
+    drain_timeout_s: float = 10.0
+    log_format: str = "auto"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+    @property
+    def status_topic(self) -> str:
+        return f"ecg-monitor/{self.service.instance_id}/status"
+
+
+_SECTION_TYPES: dict[str, type[Any]] = {
+    "mqtt": MqttConfig,
+    "model": ModelConfig,
+    "batch": BatchConfig,
+    "alerts": AlertsConfig,
+    "limits": LimitsConfig,
+    "metrics": MetricsConfig,
+    "service": ServiceConfig,
+}
+_TOPIC_BAD = set("+#/")
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    """Read, resolve and validate a TOML config file; ConfigError with a one-line reason."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config {path} is not valid TOML: {e}") from None
+    return build_config(raw, base_dir=path.resolve().parent, env=env)
+
+
+def build_config(
+    raw: dict[str, Any], base_dir: Path | None = None, env: dict[str, str] | None = None
+) -> Config:
+    """Turn parsed TOML into a validated Config (paths against base_dir, secrets from env)."""
+    env = dict(os.environ) if env is None else env
+    base_dir = base_dir or Path.cwd()
+    unknown = set(raw) - set(_SECTION_TYPES)
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTION_TYPES.items():
+        values = raw.get(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        sections[name] = _section(name, cls, values)
+    cfg = Config(**sections)
+    return _resolve(cfg, base_dir, env)
+
+
+def _section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
+    known = {f.name: f for f in fields(cls) if f.name != "password"}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        default = getattr(cls(), key)
+        kwargs[key] = _coerce(f"{name}.{key}", value, default)
+    return cls(**kwargs)
+
+
+def _coerce(where: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, not {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, not {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, not {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported option type")  # pragma: no cover
+
+
+def _path(base_dir: Path, value: str) -> str:
+    if not value:
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _resolve(cfg: Config, base_dir: Path, env: dict[str, str]) -> Config:
+    m, mo, b, a, li, me, s = (
+        cfg.mqtt,
+        cfg.model,
+        cfg.batch,
+        cfg.alerts,
+        cfg.limits,
+        cfg.metrics,
+        cfg.service,
+    )
+    _check(bool(m.host), "mqtt.host must not be empty")
+    _check(0 < m.port < 65536, f"mqtt.port {m.port} is not a TCP port")
+    _check(m.protocol in (5, 311), f"mqtt.protocol must be 5 or 311, not {m.protocol}")
+    _check(m.qos in (0, 1), f"mqtt.qos must be 0 or 1, not {m.qos}")
+    _check(
+        bool(m.topic_prefix) and not (_TOPIC_BAD & set(m.topic_prefix)),
+        f"mqtt.topic_prefix {m.topic_prefix!r} must be one non-empty topic level without + # /",
+    )
+    _check(
+        not (_TOPIC_BAD & set(m.share_group)),
+        f"mqtt.share_group {m.share_group!r} must not contain + # /",
+    )
+    _check(
+        not (m.share_group and m.protocol != 5),
+        "mqtt.share_group needs protocol = 5 (shared subscriptions are MQTT 5)",
+    )
+    _check(0 < m.receive_maximum <= 65535, "mqtt.receive_maximum must be in 1..65535")
+    _check(m.max_inflight_out > 0, "mqtt.max_inflight_out must be > 0")
+    _check(m.session_expiry_s >= 0, "mqtt.session_expiry_s must be >= 0")
+    _check(m.keepalive_s >= 5, "mqtt.keepalive_s must be >= 5")
+    _check(
+        0 < m.reconnect_min_s <= m.reconnect_max_s,
+        "mqtt.reconnect_min_s must be > 0 and <= reconnect_max_s",
+    )
+    _check(
+        not (m.password_file and m.password_env),
+        "set only one of mqtt.password_file and mqtt.password_env",
+    )
+    _check(bool(m.cert_file) == bool(m.key_file), "mqtt.cert_file and mqtt.key_file go together")
+    password: str | None = None
+    password_file = _path(base_dir, m.password_file)
+    if password_file:
+        try:
+            lines = Path(password_file).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot read mqtt.password_file {password_file}: {e.strerror}"
+            ) from None
+        password = lines[0] if lines else ""
+    elif m.password_env:
+        if m.password_env not in env:
+            raise ConfigError(f"mqtt.password_env: ${m.password_env} is not set")
+        password = env[m.password_env]
+    _check(password is None or bool(m.username), "a broker password needs mqtt.username")
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = _path(base_dir, getattr(m, key))
+        _check(not value or Path(value).is_file(), f"mqtt.{key} {value} does not exist")
+    _check(m.tls or not (m.ca_file or m.cert_file), "mqtt.ca_file/cert_file need mqtt.tls = true")
+
+    _check(bool(mo.path), "model.path must not be empty")
+    _check(
+        mo.provider in ("auto", "cpu", "cuda"),
+        f"model.provider must be auto, cpu or cuda, not {mo.provider!r}",
+    )
+    _check(
+        mo.graph_optimization in ("disable", "basic", "extended", "all"),
+        "model.graph_optimization must be disable, basic, extended or all",
+    )
+    _check(mo.intra_op_threads >= 0, "model.intra_op_threads must be >= 0")
+    _check(
+        math.isnan(mo.threshold) or math.isfinite(mo.threshold),
+        "model.threshold must be finite (or nan for the model's own)",
+    )
+    _check(mo.watch_s >= 0, "model.watch_s must be >= 0")
+
+    _check(b.max_batch >= 1, "batch.max_batch must be >= 1")
+    _check(b.max_wait_ms >= 0, "batch.max_wait_ms must be >= 0")
+    _check(b.pipeline_depth >= 1, "batch.pipeline_depth must be >= 1")
+    _check(a.min_consecutive >= 1, "alerts.min_consecutive must be >= 1")
+    _check(a.cooldown_s >= 0, "alerts.cooldown_s must be >= 0")
+    _check(li.max_payload_bytes >= 64, "limits.max_payload_bytes must be >= 64")
+    _check(li.max_windows_per_message >= 1, "limits.max_windows_per_message must be >= 1")
+    _check(li.queue_windows >= b.max_batch, "limits.queue_windows must be >= batch.max_batch")
+    _check(0 <= me.port < 65536, f"metrics.port {me.port} is not a TCP port (0 = off)")
+    _check(s.drain_timeout_s > 0, "service.drain_timeout_s must be > 0")
+    _check(
+        s.log_format in ("auto", "json", "console"),
+        "service.log_format must be auto, json or console",
+    )
+    _check(
+        s.log_level in ("debug", "info", "warning", "error"),
+        "service.log_level must be debug, info, warning or error",
+    )
+    instance_id = s.instance_id or socket.gethostname()
+    _check(
+        not (_TOPIC_BAD & set(instance_id)),
+        f"service.instance_id {instance_id!r} must not contain + # /",
+    )
+    client_id = m.client_id or f"ecg-monitor-{instance_id}"
+    return dataclasses.replace(
+        cfg,
+        mqtt=dataclasses.replace(
+            m,
+            client_id=client_id,
+            password_file=password_file,
+            password=password,
+            ca_file=_path(base_dir, m.ca_file),
+            cert_file=_path(base_dir, m.cert_file),
+            key_file=_path(base_dir, m.key_file),
+        ),
+        model=dataclasses.replace(mo, path=_path(base_dir, mo.path)),
+        service=dataclasses.replace(s, instance_id=instance_id),
+    )
