@@ -1,0 +1,131 @@
+"""Outgoing messages (alert, reject, scores, status) and the per-device alert policy.
+
+Each message is a frozen dataclass that serialises to the JSON of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from monitor.errors import RejectCode
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One anomalous window: ecg/<device_id>/alert."""
+
+    device_id: str
+    seq: int
+    ts: float
+    score: float
+    threshold: float
+    model: str
+    model_version: str
+    peak_index: int
+    received_at: float
+    published_at: float
+
+    def to_json(self) -> bytes:
+        return _dumps(asdict(self))
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A message that could not become windows: ecg/<device_id>/rejected."""
+
+    device_id: str
+    code: RejectCode
+    reason: str
+    received_at: float
+    payload: bytes
+
+    def to_json(self) -> bytes:
+        return _dumps(
+            {
+                "device_id": self.device_id,
+                "code": self.code,
+                "reason": self.reason,
+                "received_at": self.received_at,
+                "payload_b64": base64.b64encode(self.payload).decode("ascii"),
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreReport:
+    """Scores of every window of one incoming message (seq, seq+1, ...): ecg/<device_id>/score."""
+
+    device_id: str
+    seq: int
+    ts: float
+    scores: tuple[float, ...]
+    threshold: float
+    model: str
+    model_version: str
+    received_at: float
+    published_at: float
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["count"] = len(self.scores)
+        d["scores"] = list(self.scores)
+        return _dumps(d)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Daemon status, retained on ecg-monitor/<instance_id>/status; "offline" is the last will."""
+
+    state: str
+    instance_id: str
+    model: str
+    model_version: str
+    started_at: float
+
+    def to_json(self) -> bytes:
+        return _dumps(asdict(self))
+
+
+class AlertPolicy:
+    """Per device: alert after `min_consecutive` anomalous windows in a row, then at most one
+    alert per `cooldown_s` (seconds of receipt time). Both off (1, 0) by default."""
+
+    def __init__(self, min_consecutive: int = 1, cooldown_s: float = 0.0) -> None:
+        if min_consecutive < 1 or cooldown_s < 0:
+            raise ValueError("min_consecutive >= 1 and cooldown_s >= 0")
+        self.min_consecutive = min_consecutive
+        self.cooldown_s = cooldown_s
+        self._run: dict[str, int] = {}
+        self._last_alert: dict[str, float] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.min_consecutive > 1 or self.cooldown_s > 0
+
+    def admit(self, device_id: str, anomalous: np.ndarray, now: float) -> np.ndarray:
+        """Which of these consecutive windows of one device become alerts (bool array)."""
+        if not self.active:
+            return anomalous
+        out = np.zeros(anomalous.shape, dtype=bool)
+        run = self._run.get(device_id, 0)
+        last = self._last_alert.get(device_id)
+        for i, flag in enumerate(anomalous.tolist()):
+            if not flag:
+                run = 0
+                continue
+            run += 1
+            if run >= self.min_consecutive and (last is None or now - last >= self.cooldown_s):
+                out[i] = True
+                last = now
+        self._run[device_id] = run
+        if last is not None:
+            self._last_alert[device_id] = last
+        return out

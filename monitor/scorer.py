@@ -1,0 +1,35 @@
+"""Scoring: a window is anomalous when the model's score exceeds the threshold.
+
+`peak_index` is where the window deviates most from its reconstruction (argmax of the
+absolute error over what the model compared, i.e. after any preprocessing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitor.engine import Inference
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """Per-window results of one batch, all arrays of length n."""
+
+    score: np.ndarray  # float32
+    anomalous: np.ndarray  # bool
+    peak_index: np.ndarray  # int64
+    threshold: float
+
+
+def score_batch(inference: Inference, threshold: float) -> Scores:
+    """Vectorised: one comparison and one argmax over the whole batch."""
+    score = inference.score
+    err = np.abs(inference.inputs - inference.reconstruction)
+    return Scores(
+        score=score,
+        anomalous=score > np.float32(threshold),
+        peak_index=np.argmax(err, axis=1),
+        threshold=float(threshold),
+    )

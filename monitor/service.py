@@ -1,0 +1,503 @@
+"""`ecg-monitor run --config FILE`: the daemon (MQTT in, batched ONNX inference, alerts out).
+
+Lifecycle: config and model are loaded and checked before anything connects (exit code 3 and a
+one-line reason if either is bad); READY after the model is warm and the subscription is
+acknowledged; SIGTERM/SIGINT drain (everything received is scored and published) within
+`drain_timeout_s`, a second SIGINT forces; SIGHUP reloads the model.
+Exit codes: 0 clean (drained), 1 drain incomplete or forced or fatal error, 3 start-up failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import functools
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from monitor.alerts import Alert, AlertPolicy, Reject, ScoreReport, Status
+from monitor.batcher import Batch, Batcher
+from monitor.config import Config, load_config
+from monitor.engine import Inference, Model, load_model
+from monitor.errors import ConfigError, ModelLoadError, MonitorError
+from monitor.ingest import Ingest
+from monitor.log import setup_logging
+from monitor.metrics import Metrics, MetricsServer
+from monitor.mqtt import Message, MqttBridge
+from monitor.scorer import score_batch
+from monitor.systemd import Notifier
+from monitor.wire import Frame
+
+log = structlog.get_logger("monitor.service")
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_STARTUP = 3
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """Bookkeeping of one incoming message: acked when no window or publish is outstanding."""
+
+    message: Message
+    frame: Frame | None
+    windows_left: int
+    publishes_left: int
+    scores: np.ndarray | None = None
+
+
+class Service:
+    """The running daemon. Everything but inference runs on the event loop thread."""
+
+    def __init__(self, cfg: Config, model: Model, notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.notifier = notifier or Notifier()
+        self.started_at = time.time()
+        self.batcher: Batcher[Delivery] = Batcher(
+            cfg.batch.max_batch, cfg.batch.max_wait_ms / 1000.0
+        )
+        self.metrics = Metrics(queue_depth=lambda: float(self.batcher.queued))
+        self.metrics.set_model(model.info.name, model.info.version, model.info.provider)
+        self.ingest = Ingest(
+            cfg.mqtt.topic_prefix,
+            model.info.window_length,
+            cfg.limits.max_payload_bytes,
+            cfg.limits.max_windows_per_message,
+        )
+        self.policy = AlertPolicy(cfg.alerts.min_consecutive, cfg.alerts.cooldown_s)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.should_exit = False
+        self.force_exit = False
+        self.draining = False
+        self.open_deliveries = 0
+        self.exit_code = EXIT_OK
+        self._stop = asyncio.Event()
+        self._reloading = False
+        self._inflight: asyncio.Queue[
+            tuple[Batch[Delivery], Model, asyncio.Future[Inference]] | None
+        ]
+        self.bridge: MqttBridge | None = None
+        self._prefix = cfg.mqtt.topic_prefix
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def threshold(self, model: Model) -> float:
+        override = self.cfg.model.threshold_override
+        return model.info.threshold if override is None else override
+
+    def status(self, state: str) -> Status:
+        info = self.model.info
+        return Status(state, self.cfg.service.instance_id, info.name, info.version, self.started_at)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._inflight = asyncio.Queue(maxsize=self.cfg.batch.pipeline_depth)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.handle_exit, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
+        server: MetricsServer | None = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            if self.cfg.metrics.port:
+                server = MetricsServer(self.metrics, self.cfg.metrics.host, self.cfg.metrics.port)
+                try:
+                    await server.start()
+                except OSError as e:
+                    raise ConfigError(
+                        f"metrics port {self.cfg.metrics.host}:{self.cfg.metrics.port}: {e}"
+                    ) from None
+            self.bridge = MqttBridge(
+                self.cfg.mqtt,
+                subscription=self.cfg.mqtt.subscription,
+                will=(self.cfg.status_topic, self.status("offline").to_json()),
+                on_message=self._on_message,
+                on_online=self._on_online,
+            )
+            producer = asyncio.create_task(self._produce(), name="batches")
+            consumer = asyncio.create_task(self._consume(), name="results")
+            tasks = [producer, consumer]
+            tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+            if self.cfg.model.watch_s > 0:
+                tasks.append(asyncio.create_task(self._watch_model(), name="model-watch"))
+            online = asyncio.create_task(self.bridge.start())
+            stop = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({online, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if online.done() and online.exception() is None:
+                self.notifier.ready(f"scoring with {self.model.info.name}")
+                log.info(
+                    "ready",
+                    instance_id=self.cfg.service.instance_id,
+                    subscription=self.cfg.mqtt.subscription,
+                    model=self.model.info.name,
+                    model_version=self.model.info.version,
+                    provider=self.model.info.provider,
+                )
+            await stop
+            online.cancel()
+            with contextlib.suppress(BaseException):
+                await online
+            await self._drain(producer, consumer)
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            if self.bridge is not None:
+                await self.bridge.close()
+            if server is not None:
+                await server.close()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info(
+            "stopped",
+            exit_code=self.exit_code,
+            windows_received=int(self.metrics.windows_received.value()),
+            windows_scored=int(self.metrics.windows_scored.value()),
+            alerts=int(self.metrics.alerts.value()),
+        )
+        return self.exit_code
+
+    def handle_exit(self, sig: int) -> None:
+        """First SIGTERM/SIGINT: drain. A second SIGINT: stop now."""
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+            log.warning("force_exit")
+        self.should_exit = True
+        self._stop.set()
+
+    async def _drain(self, producer: asyncio.Task[None], consumer: asyncio.Task[None]) -> None:
+        assert self.bridge is not None
+        self.draining = True
+        self.notifier.stopping("draining")
+        timeout = self.cfg.service.drain_timeout_s
+        log.info("draining", open_messages=self.open_deliveries, timeout_s=timeout)
+        self.batcher.close()
+        self.bridge.resume_reading()  # PUBACKs must still come in; new windows are ignored
+        deadline = time.monotonic() + timeout
+        while (self.open_deliveries > 0 or not consumer.done()) and not self.force_exit:
+            if time.monotonic() >= deadline:
+                break
+            if consumer.done() and consumer.exception() is not None:
+                break
+            await asyncio.sleep(0.005)
+        drained = self.open_deliveries == 0 and consumer.done()
+        if not drained:
+            self.exit_code = EXIT_INCOMPLETE
+            log.warning(
+                "drain_incomplete",
+                open_messages=self.open_deliveries,
+                forced=self.force_exit,
+                note="unacknowledged windows are redelivered to the next session",
+            )
+        else:
+            log.info("drained")
+        if self.bridge.connected and not self.force_exit:
+            self.bridge.publish(
+                self.cfg.status_topic, self.status("offline").to_json(), qos=1, retain=True
+            )
+            await self.bridge.wait_published(min(2.0, max(0.1, deadline - time.monotonic())))
+
+    def _fatal(self, reason: str) -> None:
+        log.error("fatal", reason=reason)
+        self.exit_code = EXIT_INCOMPLETE
+        self.force_exit = True
+        self._stop.set()
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval / 2)
+
+    # ------------------------------------------------------------------ incoming
+
+    def _on_online(self, session_present: bool) -> None:
+        assert self.bridge is not None
+        self.metrics.up.set(1)
+        self.bridge.publish(
+            self.cfg.status_topic, self.status("online").to_json(), qos=1, retain=True
+        )
+
+    def _on_message(self, msg: Message) -> None:
+        """Called by the bridge for each message, on the loop: decode and hand to the batcher."""
+        assert self.bridge is not None
+        if self.draining:
+            return  # not acked: the broker redelivers it to the next session
+        result = self.ingest(msg.topic, msg.payload, msg.received_at)
+        if isinstance(result, Reject):
+            self.metrics.rejected.inc(code=result.code)
+            log.info("rejected", device_id=result.device_id, code=result.code, reason=result.reason)
+            d = Delivery(msg, None, windows_left=0, publishes_left=1)
+            self.open_deliveries += 1
+            self.bridge.publish(
+                self.ingest.reject_topic(result),
+                result.to_json(),
+                qos=1,
+                on_done=functools.partial(self._published, d),
+            )
+            return
+        frame = result
+        cap = self.cfg.limits.queue_windows
+        if msg.qos == 0 and self.batcher.queued + frame.count > cap:
+            self.metrics.dropped.inc(frame.count)
+            return
+        self.metrics.windows_received.inc(frame.count)
+        scores = np.empty(frame.count, np.float32) if self.cfg.alerts.publish_scores else None
+        d = Delivery(msg, frame, frame.count, 0, scores)
+        self.open_deliveries += 1
+        self.batcher.put(frame, d)
+        if self.batcher.queued >= cap:
+            self.bridge.pause_reading()
+
+    # ------------------------------------------------------------------ pipeline
+
+    async def _produce(self) -> None:
+        """Batches to the inference thread, up to pipeline_depth in flight."""
+        loop = asyncio.get_running_loop()
+        resume_at = self.cfg.limits.queue_windows // 2
+        while True:
+            batch = await self.batcher.get()
+            if batch is None:
+                break
+            if self.bridge is not None and self.bridge.paused and self.batcher.queued <= resume_at:
+                self.bridge.resume_reading()
+            model = self.model
+            fut = loop.run_in_executor(self.executor, model.run, batch.windows)
+            await self._inflight.put((batch, model, fut))
+        await self._inflight.put(None)
+
+    async def _consume(self) -> None:
+        """Results in batch order: score, alert, publish."""
+        while True:
+            item = await self._inflight.get()
+            if item is None:
+                return
+            batch, model, fut = item
+            try:
+                inference = await fut
+            except Exception as e:
+                self._fatal(f"inference failed: {type(e).__name__}: {e}")
+                raise
+            self._handle(batch, model, inference)
+
+    def _handle(self, batch: Batch[Delivery], model: Model, inference: Inference) -> None:
+        assert self.bridge is not None
+        threshold = self.threshold(model)
+        scores = score_batch(inference, threshold)
+        n = batch.size
+        m = self.metrics
+        m.windows_scored.inc(n)
+        m.batch_size.observe(n)
+        m.inference_seconds.observe(inference.seconds)
+        now = time.time()
+        segments = batch.segments
+        alert_mask = scores.anomalous
+        if self.policy.active:
+            alert_mask = alert_mask.copy()
+            for seg in segments:
+                rows = slice(seg.offset, seg.offset + seg.count)
+                alert_mask[rows] = self.policy.admit(seg.frame.device_id, alert_mask[rows], now)
+        hits = np.flatnonzero(alert_mask)
+        if hits.size:
+            offsets = [seg.offset for seg in segments]
+            info = model.info
+            score_list = scores.score[hits].tolist()
+            peak_list = scores.peak_index[hits].tolist()
+            for i, score, peak in zip(hits.tolist(), score_list, peak_list, strict=True):
+                seg = segments[bisect.bisect_right(offsets, i) - 1]
+                d = seg.token
+                frame = seg.frame
+                row = seg.start + i - seg.offset
+                published_at = time.time()
+                alert = Alert(
+                    device_id=frame.device_id,
+                    seq=frame.seq + row,
+                    ts=frame.window_ts(row),
+                    score=score,
+                    threshold=threshold,
+                    model=info.name,
+                    model_version=info.version,
+                    peak_index=peak,
+                    received_at=d.message.received_at,
+                    published_at=published_at,
+                )
+                d.publishes_left += 1
+                self.bridge.publish(
+                    f"{self._prefix}/{frame.device_id}/alert",
+                    alert.to_json(),
+                    qos=1,
+                    on_done=functools.partial(self._published, d),
+                )
+                m.latency_seconds.observe(published_at - d.message.received_at)
+            m.alerts.inc(hits.size)
+        for seg in segments:
+            d = seg.token
+            if d.scores is not None:
+                d.scores[seg.start : seg.stop] = scores.score[seg.offset : seg.offset + seg.count]
+            d.windows_left -= seg.count
+            if d.windows_left == 0:
+                if d.scores is not None:
+                    self._publish_scores(d, model, threshold)
+                self._check_done(d)
+
+    def _publish_scores(self, d: Delivery, model: Model, threshold: float) -> None:
+        assert self.bridge is not None and d.frame is not None and d.scores is not None
+        frame = d.frame
+        report = ScoreReport(
+            device_id=frame.device_id,
+            seq=frame.seq,
+            ts=frame.ts,
+            scores=tuple(d.scores.tolist()),
+            threshold=threshold,
+            model=model.info.name,
+            model_version=model.info.version,
+            received_at=d.message.received_at,
+            published_at=time.time(),
+        )
+        d.publishes_left += 1
+        self.bridge.publish(
+            f"{self._prefix}/{frame.device_id}/score",
+            report.to_json(),
+            qos=1,
+            on_done=functools.partial(self._published, d),
+        )
+
+    def _published(self, d: Delivery) -> None:
+        d.publishes_left -= 1
+        self._check_done(d)
+
+    def _check_done(self, d: Delivery) -> None:
+        if d.windows_left == 0 and d.publishes_left == 0:
+            assert self.bridge is not None
+            self.bridge.ack(d.message)
+            self.open_deliveries -= 1
+
+    # ------------------------------------------------------------------ model reload
+
+    def request_reload(self, why: str) -> None:
+        if not self._reloading and not self.draining:
+            asyncio.get_running_loop().create_task(self.reload(why))
+
+    async def reload(self, why: str) -> bool:
+        """Load and warm the model file again; swap only if it is good. True if swapped."""
+        if self._reloading:
+            return False
+        self._reloading = True
+        self.notifier.reloading()
+        mc = self.cfg.model
+        log.info("model_reloading", why=why, path=mc.path)
+        try:
+            new = await asyncio.get_running_loop().run_in_executor(
+                None,
+                functools.partial(
+                    load_model,
+                    mc.path,
+                    provider=mc.provider,
+                    intra_op_threads=mc.intra_op_threads,
+                    graph_optimization=mc.graph_optimization,
+                    warmup_batch=self.cfg.batch.max_batch,
+                ),
+            )
+            old = self.model.info
+            if new.info.window_length != old.window_length:
+                raise ModelLoadError(
+                    mc.path,
+                    f"window length {new.info.window_length} != {old.window_length} of the "
+                    "running model (restart the daemon to change it)",
+                )
+        except ModelLoadError as e:
+            self.metrics.reloads.inc(result="failed")
+            log.error(
+                "model_reload_failed",
+                path=e.path,
+                reason=e.reason,
+                keeping=self.model.info.version,
+            )
+            return False
+        finally:
+            self._reloading = False
+            self.notifier.ready()
+        self.model = new
+        self.metrics.reloads.inc(result="ok")
+        self.metrics.set_model(new.info.name, new.info.version, new.info.provider)
+        log.info(
+            "model_reloaded",
+            model=new.info.name,
+            model_version=new.info.version,
+            previous=old.version,
+            provider=new.info.provider,
+        )
+        if self.bridge is not None and self.bridge.connected:
+            self.bridge.publish(
+                self.cfg.status_topic, self.status("online").to_json(), qos=1, retain=True
+            )
+        return True
+
+    async def _watch_model(self) -> None:
+        path = Path(self.cfg.model.path)
+
+        def stamp() -> tuple[int, int] | None:
+            try:
+                st = path.stat()
+            except OSError:
+                return None
+            return (st.st_mtime_ns, st.st_size)
+
+        last = stamp()
+        while True:
+            await asyncio.sleep(self.cfg.model.watch_s)
+            now = stamp()
+            if now is not None and now != last:
+                last = now
+                await self.reload("model file changed")
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, type=Path, help="TOML file (see configs/monitor.toml)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"ecg-monitor: bad config: {e}", file=sys.stderr)
+        return EXIT_STARTUP
+    setup_logging(cfg.service.log_format, cfg.service.log_level)
+    mc = cfg.model
+    try:
+        model = load_model(
+            mc.path,
+            provider=mc.provider,
+            intra_op_threads=mc.intra_op_threads,
+            graph_optimization=mc.graph_optimization,
+            warmup_batch=cfg.batch.max_batch,
+        )
+    except ModelLoadError as e:
+        print(f"ecg-monitor: cannot load model: {e}", file=sys.stderr)
+        return EXIT_STARTUP
+    try:
+        return asyncio.run(Service(cfg, model).run())
+    except ConfigError as e:
+        print(f"ecg-monitor: {e}", file=sys.stderr)
+        return EXIT_STARTUP
+    except MonitorError as e:
+        print(f"ecg-monitor: {e}", file=sys.stderr)
+        return EXIT_INCOMPLETE

@@ -1,0 +1,89 @@
+"""Small real ONNX models that satisfy the model contract, built with onnx.helper.
+
+reconstruction = template + alpha * (windows - template)  (a fixed affine map)
+score          = ReduceSum(Abs(windows - reconstruction), axis 1)
+so score = (1 - alpha) * sum |windows - template|: windows near the template score low.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+LENGTH = 140
+
+
+def template(length: int = LENGTH) -> np.ndarray:
+    """A fixed heartbeat-like shape the test models reconstruct towards."""
+    t = np.linspace(0.0, 1.0, length, dtype=np.float32)
+    beat = np.exp(-(((t - 0.3) / 0.03) ** 2)) * 3.0 - np.exp(-(((t - 0.6) / 0.1) ** 2))
+    return beat.astype(np.float32)
+
+
+def build_model(
+    path: Path,
+    *,
+    length: int = LENGTH,
+    threshold: float = 20.0,
+    alpha: float = 0.5,
+    name: str = "test-affine",
+    version: str = "v1",
+    preprocess: str = "none",
+    extra_meta: dict[str, str] | None = None,
+) -> Path:
+    """Write an ONNX model of the contract to `path` and return it."""
+    tmpl = numpy_helper.from_array(template(length)[None, :], "template")
+    alpha_t = numpy_helper.from_array(np.array(alpha, dtype=np.float32), "alpha")
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    nodes = [
+        helper.make_node("Sub", ["windows", "template"], ["centered"]),
+        helper.make_node("Mul", ["centered", "alpha"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "template"], ["reconstruction"]),
+        helper.make_node("Sub", ["windows", "reconstruction"], ["err"]),
+        helper.make_node("Abs", ["err"], ["abs_err"]),
+        helper.make_node("ReduceSum", ["abs_err", "axes"], ["score"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("windows", TensorProto.FLOAT, ["batch", length])],
+        [
+            helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, ["batch", length]),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
+        ],
+        initializer=[tmpl, alpha_t, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    meta = {
+        "ecg.window_length": str(length),
+        "ecg.threshold": repr(float(threshold)),
+        "ecg.score": "l1_sum",
+        "ecg.variant": "affine",
+        "ecg.model_name": name,
+        "ecg.model_version": version,
+        "ecg.preprocess": preprocess,
+        "ecg.calibration": '{"method": "fixed"}',
+        "ecg.trained_on": '{"name": "none", "sha256": ""}',
+    }
+    meta.update(extra_meta or {})
+    helper.set_model_props(model, meta)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def windows(n: int, anomalous: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """n windows near the template (score ~ a few units); rows in `anomalous` get a big bump."""
+    rng = np.random.default_rng(seed)
+    x = template()[None, :] + rng.normal(0.0, 0.05, size=(n, LENGTH)).astype(np.float32)
+    if anomalous is not None:
+        idx = np.flatnonzero(anomalous)
+        pos = rng.integers(10, LENGTH - 10, size=idx.size)
+        for row, p in zip(idx, pos, strict=True):
+            x[row, p - 5 : p + 5] += 4.0
+    return x.astype(np.float32)
