@@ -1,0 +1,314 @@
+"""Autoencoder variants behind one contract, and a name -> class registry.
+
+Every model takes raw windows [B, L], applies its preprocessing (per-window z-score for
+ECG) inside `forward`, and returns the clean reconstruction of the preprocessed window;
+`loss` adds the variant's regulariser (and, for `denoising`, corrupts the input).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from training.errors import TrainingError
+
+ZSCORE_EPS = 1e-6
+
+
+def l1_sum(x: Tensor, recon: Tensor) -> Tensor:
+    """Per-window L1 reconstruction loss summed over samples: [B]."""
+    return (x - recon).abs().sum(dim=1)
+
+
+class Autoencoder(nn.Module):
+    """Base class: preprocessing, scoring and the (total, reconstruction) loss pair."""
+
+    variant: ClassVar[str]
+
+    def __init__(self, input_dim: int, latent_dim: int, *, zscore: bool = True) -> None:
+        super().__init__()
+        if input_dim < 2 or latent_dim < 1:
+            raise TrainingError(f"bad model size: input_dim={input_dim}, latent_dim={latent_dim}")
+        self.input_dim = input_dim
+        self.latent_dim = latent_dim
+        self.zscore = zscore
+        self.options: dict[str, Any] = {"zscore": zscore}
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """The model's input preprocessing: per-window z-score (population std) or identity."""
+        if not self.zscore:
+            return x
+        mean = x.mean(dim=1, keepdim=True)
+        std = (x - mean).pow(2).mean(dim=1, keepdim=True).sqrt()
+        return (x - mean) / (std + ZSCORE_EPS)
+
+    def reconstruct_prepared(self, xp: Tensor) -> Tensor:
+        """Clean reconstruction of an already preprocessed window."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.reconstruct_prepared(self.prepare(x))
+
+    def score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(L1-sum score [B], reconstruction [B, L]) — what the exported graph computes."""
+        xp = self.prepare(x)
+        recon = self.reconstruct_prepared(xp)
+        return l1_sum(xp, recon), recon
+
+    def loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(total training loss, mean L1-sum reconstruction loss) for a batch."""
+        xp = self.prepare(x)
+        rec = l1_sum(xp, self.reconstruct_prepared(xp)).mean()
+        return rec, rec
+
+    def spec(self) -> dict[str, Any]:
+        """Everything `build_model` needs to rebuild this model."""
+        return {
+            "variant": self.variant,
+            "input_dim": self.input_dim,
+            "latent_dim": self.latent_dim,
+            "options": dict(self.options),
+        }
+
+
+# ---------------------------------------------------------------- dense family
+
+
+class DenseAutoencoder(Autoencoder):
+    """Undercomplete MLP: L -> hidden -> latent -> hidden -> L (ReLU hidden layers)."""
+
+    variant = "dense"
+    latent_activation: ClassVar[str] = "identity"
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dim: int,
+        *,
+        hidden: int = 0,
+        zscore: bool = True,
+        output: str = "linear",
+    ) -> None:
+        super().__init__(input_dim, latent_dim, zscore=zscore)
+        hidden = int(hidden) or (128 if input_dim <= 256 else 256)
+        if output not in ("linear", "sigmoid"):
+            raise TrainingError(f"output must be 'linear' or 'sigmoid', got {output!r}")
+        self.options.update(hidden=hidden, output=output)
+        self.enc1 = nn.Linear(input_dim, hidden)
+        self.enc2 = nn.Linear(hidden, latent_dim)
+        self.dec1 = nn.Linear(latent_dim, hidden)
+        self.dec2 = nn.Linear(hidden, input_dim)
+        self.output = output
+
+    def encode(self, xp: Tensor) -> Tensor:
+        z = self.enc2(torch.relu(self.enc1(xp)))
+        return torch.sigmoid(z) if self.latent_activation == "sigmoid" else z
+
+    def decode(self, h: Tensor) -> Tensor:
+        out = self.dec2(torch.relu(self.dec1(h)))
+        return torch.sigmoid(out) if self.output == "sigmoid" else out
+
+    def reconstruct_prepared(self, xp: Tensor) -> Tensor:
+        return self.decode(self.encode(xp))
+
+    def corrupt(self, xp: Tensor) -> Tensor:
+        """Input corruption during training (identity except for `denoising`)."""
+        return xp
+
+    def penalty(self, inp: Tensor, h: Tensor) -> Tensor:
+        """The variant's regulariser for a batch (0 for the plain undercomplete model)."""
+        return h.new_zeros(())
+
+    def loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        xp = self.prepare(x)
+        inp = self.corrupt(xp) if self.training else xp
+        h = self.encode(inp)
+        rec = l1_sum(xp, self.decode(h)).mean()
+        return rec + self.penalty(inp, h), rec
+
+
+class SparseL1Autoencoder(DenseAutoencoder):
+    """Sparse code by an L1 penalty on the latent activations: λ·Σ|h|."""
+
+    variant = "sparse-l1"
+
+    def __init__(self, input_dim: int, latent_dim: int, *, l1: float = 0.05, **kw: Any) -> None:
+        super().__init__(input_dim, latent_dim, **kw)
+        self.l1 = float(l1)
+        self.options["l1"] = self.l1
+
+    def penalty(self, inp: Tensor, h: Tensor) -> Tensor:
+        return self.l1 * h.abs().sum(dim=1).mean()
+
+
+def kl_bernoulli(rho: float, rho_hat: Tensor, eps: float = 1e-6) -> Tensor:
+    """Σ_j KL(ρ ‖ ρ̂_j) between Bernoulli distributions."""
+    rho_hat = rho_hat.clamp(eps, 1 - eps)
+    return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
+
+
+class SparseKLAutoencoder(DenseAutoencoder):
+    """Sparse code by KL(ρ‖ρ̂) on the mean sigmoid latent activation over the batch."""
+
+    variant = "sparse-kl"
+    latent_activation = "sigmoid"
+
+    def __init__(
+        self, input_dim: int, latent_dim: int, *, rho: float = 0.05, beta: float = 1.0, **kw: Any
+    ) -> None:
+        super().__init__(input_dim, latent_dim, **kw)
+        if not 0.0 < rho < 1.0:
+            raise TrainingError(f"sparsity target rho must be in (0, 1), got {rho}")
+        self.rho, self.beta = float(rho), float(beta)
+        self.options.update(rho=self.rho, beta=self.beta)
+
+    def penalty(self, inp: Tensor, h: Tensor) -> Tensor:
+        return self.beta * kl_bernoulli(self.rho, h.mean(dim=0))
+
+
+class ContractiveAutoencoder(DenseAutoencoder):
+    """Penalises the encoder's sensitivity: λ·‖∂h/∂x‖²_F, the exact Jacobian of the MLP."""
+
+    variant = "contractive"
+
+    def __init__(self, input_dim: int, latent_dim: int, *, lam: float = 0.01, **kw: Any) -> None:
+        super().__init__(input_dim, latent_dim, **kw)
+        self.lam = float(lam)
+        self.options["lam"] = self.lam
+
+    def jacobian(self, xp: Tensor) -> Tensor:
+        """∂h/∂x per window, [B, latent, L]: W2 · diag(relu'(W1 x + b1)) · W1."""
+        gate = (self.enc1(xp) > 0).to(xp.dtype)  # [B, hidden]
+        return torch.einsum("kh,bh,hl->bkl", self.enc2.weight, gate, self.enc1.weight)
+
+    def contraction(self, xp: Tensor) -> Tensor:
+        """‖∂h/∂x‖²_F per window [B], computed without materialising the Jacobian."""
+        gate = (self.enc1(xp) > 0).to(xp.dtype)
+        # ‖W2 D W1‖² = Σ_{h,h'} (W2ᵀW2)_{hh'} D_h D_h' (W1W1ᵀ)_{hh'}
+        m = (self.enc2.weight.T @ self.enc2.weight) * (self.enc1.weight @ self.enc1.weight.T)
+        return torch.einsum("bh,hk,bk->b", gate, m, gate)
+
+    def penalty(self, inp: Tensor, h: Tensor) -> Tensor:
+        return self.lam * self.contraction(inp).mean()
+
+
+class DenoisingAutoencoder(DenseAutoencoder):
+    """Learns to remove Gaussian or speckle corruption; the target is the clean window."""
+
+    variant = "denoising"
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dim: int,
+        *,
+        noise: str = "gaussian",
+        sigma: float = 0.2,
+        **kw: Any,
+    ) -> None:
+        super().__init__(input_dim, latent_dim, **kw)
+        if noise not in ("gaussian", "speckle"):
+            raise TrainingError(f"noise must be 'gaussian' or 'speckle', got {noise!r}")
+        self.noise, self.sigma = noise, float(sigma)
+        self.options.update(noise=noise, sigma=self.sigma)
+
+    def corrupt(self, xp: Tensor) -> Tensor:
+        n = torch.randn_like(xp) * self.sigma
+        return xp + n if self.noise == "gaussian" else xp + xp * n
+
+
+class VariationalAutoencoder(DenseAutoencoder):
+    """VAE with a diagonal Gaussian posterior; scores and exports the mean path."""
+
+    variant = "vae"
+
+    def __init__(self, input_dim: int, latent_dim: int, *, beta: float = 1.0, **kw: Any) -> None:
+        super().__init__(input_dim, latent_dim, **kw)
+        self.beta = float(beta)
+        self.options["beta"] = self.beta
+        self.enc_logvar = nn.Linear(self.enc1.out_features, latent_dim)
+
+    def posterior(self, xp: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = torch.relu(self.enc1(xp))
+        return self.enc2(hidden), self.enc_logvar(hidden)
+
+    @staticmethod
+    def kl(mu: Tensor, logvar: Tensor) -> Tensor:
+        """KL(N(μ, σ²) ‖ N(0, 1)) per window, closed form: [B]."""
+        return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+
+    def encode(self, xp: Tensor) -> Tensor:
+        return self.posterior(xp)[0]
+
+    def loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        xp = self.prepare(x)
+        mu, logvar = self.posterior(xp)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+        rec = l1_sum(xp, self.decode(z)).mean()
+        return rec + self.beta * self.kl(mu, logvar).mean(), rec
+
+
+# ---------------------------------------------------------------- sequence model
+
+
+class LSTMAutoencoder(Autoencoder):
+    """The seed's sequence autoencoder, batched: LSTM(1→2E), LSTM(2E→E) → repeat E-vector
+    L times → LSTM(E→E), LSTM(E→2E) → Linear(2E→1). `latent_dim` is E."""
+
+    variant = "lstm"
+
+    def __init__(self, input_dim: int, latent_dim: int, *, zscore: bool = True) -> None:
+        super().__init__(input_dim, latent_dim, zscore=zscore)
+        e = latent_dim
+        self.enc1 = nn.LSTM(1, 2 * e, batch_first=True)
+        self.enc2 = nn.LSTM(2 * e, e, batch_first=True)
+        self.dec1 = nn.LSTM(e, e, batch_first=True)
+        self.dec2 = nn.LSTM(e, 2 * e, batch_first=True)
+        self.out = nn.Linear(2 * e, 1)
+
+    def encode(self, xp: Tensor) -> Tensor:
+        seq, _ = self.enc1(xp.unsqueeze(-1))
+        _, (h_n, _) = self.enc2(seq)
+        code: Tensor = h_n[-1]  # [B, E]
+        return code
+
+    def decode(self, h: Tensor) -> Tensor:
+        seq = h.unsqueeze(1).expand(-1, self.input_dim, -1)
+        seq, _ = self.dec1(seq)
+        seq, _ = self.dec2(seq)
+        out: Tensor = self.out(seq).squeeze(-1)
+        return out
+
+    def reconstruct_prepared(self, xp: Tensor) -> Tensor:
+        return self.decode(self.encode(xp))
+
+
+MODELS: dict[str, type[Autoencoder]] = {
+    cls.variant: cls
+    for cls in (
+        DenseAutoencoder,
+        SparseL1Autoencoder,
+        SparseKLAutoencoder,
+        ContractiveAutoencoder,
+        DenoisingAutoencoder,
+        VariationalAutoencoder,
+        LSTMAutoencoder,
+    )
+}
+
+
+def build_model(variant: str, input_dim: int, latent_dim: int, **options: Any) -> Autoencoder:
+    """Instantiate a registered variant; unknown variants and options are a TrainingError."""
+    cls = MODELS.get(variant)
+    if cls is None:
+        raise TrainingError(f"unknown variant {variant!r} (expected one of {', '.join(MODELS)})")
+    try:
+        return cls(input_dim, latent_dim, **options)
+    except TypeError as exc:
+        raise TrainingError(f"bad options for variant {variant!r}: {exc}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

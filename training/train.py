@@ -1,0 +1,276 @@
+"""Fit one autoencoder variant on the normal windows of a data spec into a run directory.
+
+Batched Adam on the L1 reconstruction loss (summed per window) plus the variant's
+regulariser, early stopping on the validation loss with the best weights restored, then
+threshold calibration on normal validation windows and evaluation on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.data import PROTOCOLS, Dataset, load_dataset
+from training.detector import CALIBRATION, CHECKPOINT, Detector, resolve_device
+from training.errors import TrainingError
+from training.evaluate import evaluate_run
+from training.models import MODELS, Autoencoder, build_model, count_parameters
+
+# Sound defaults per variant (the same recipes live in configs/train-<variant>.toml).
+RECIPES: dict[str, dict[str, Any]] = {
+    "dense": {"latent_dim": 16, "epochs": 300, "batch_size": 32, "lr": 1e-3, "patience": 30},
+    "sparse-l1": {"latent_dim": 16, "epochs": 300, "batch_size": 32, "lr": 1e-3, "patience": 30},
+    "sparse-kl": {"latent_dim": 32, "epochs": 300, "batch_size": 32, "lr": 1e-3, "patience": 30},
+    "contractive": {"latent_dim": 16, "epochs": 300, "batch_size": 32, "lr": 1e-3, "patience": 30},
+    "denoising": {"latent_dim": 16, "epochs": 300, "batch_size": 32, "lr": 1e-3, "patience": 30},
+    "vae": {"latent_dim": 16, "epochs": 300, "batch_size": 32, "lr": 1e-3, "patience": 30},
+    "lstm": {"latent_dim": 64, "epochs": 60, "batch_size": 32, "lr": 2e-3, "patience": 10},
+}
+CONFIG_KEYS = ("variant", "latent_dim", "epochs", "batch_size", "lr", "patience", "fpr", "options")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that decides a training run (recorded in the run directory)."""
+
+    variant: str
+    latent_dim: int
+    epochs: int
+    batch_size: int
+    lr: float
+    device: str = "auto"
+    seed: int = 0
+    patience: int = 10
+    fpr: float = 0.01
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.variant not in MODELS:
+            raise TrainingError(
+                f"unknown variant {self.variant!r} (expected one of {', '.join(MODELS)})"
+            )
+        for name in ("latent_dim", "epochs", "batch_size", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise TrainingError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise TrainingError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 < self.fpr < 1.0:
+            raise TrainingError(f"fpr must be in (0, 1), got {self.fpr}")
+
+    @classmethod
+    def for_variant(cls, variant: str, **overrides: Any) -> FitConfig:
+        """The variant's recipe from RECIPES with any field overridden."""
+        if variant not in RECIPES:
+            raise TrainingError(
+                f"unknown variant {variant!r} (expected one of {', '.join(MODELS)})"
+            )
+        values = {**RECIPES[variant], **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(variant=variant, **values)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _mean_val_loss(model: Autoencoder, x: torch.Tensor, batch: int = 512) -> float:
+    """Mean L1-sum reconstruction loss of the clean windows (what detection scores)."""
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch):
+            scores, _ = model.score(x[i : i + batch])
+            total += float(scores.sum())
+    return total / x.shape[0]
+
+
+def fit(cfg: FitConfig, dataset: Dataset, out: Path, *, progress: bool = True) -> Path:
+    """Train, calibrate and evaluate; return the run directory."""
+    _seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    model = build_model(
+        cfg.variant,
+        dataset.window_length,
+        cfg.latent_dim,
+        zscore=dataset.preprocess == "zscore",
+        **cfg.options,
+    ).to(device)
+    train_x = torch.from_numpy(dataset.train).to(device)
+    val_x = torch.from_numpy(dataset.val).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    history: dict[str, list[float]] = {"train": [], "train_total": [], "val": []}
+    best_val, best_epoch, best_state = float("inf"), 0, copy.deepcopy(model.state_dict())
+    started = time.monotonic()
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"fit {cfg.variant}", disable=not progress)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(train_x.shape[0], generator=shuffle).to(device)
+        total_sum = rec_sum = 0.0
+        for i in range(0, order.numel(), cfg.batch_size):
+            batch = train_x[order[i : i + cfg.batch_size]]
+            total, rec = model.loss(batch)
+            optimiser.zero_grad(set_to_none=True)
+            total.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            total_sum += total.item() * batch.shape[0]
+            rec_sum += rec.item() * batch.shape[0]
+        model.eval()
+        val = _mean_val_loss(model, val_x)
+        history["train"].append(rec_sum / train_x.shape[0])
+        history["train_total"].append(total_sum / train_x.shape[0])
+        history["val"].append(val)
+        if val < best_val:
+            best_val, best_epoch = val, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        bar.set_postfix(train=f"{history['train'][-1]:.2f}", val=f"{val:.2f}", best=best_epoch)
+        if epoch - best_epoch >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    seconds = time.monotonic() - started
+
+    detector = Detector(model.cpu(), device="cpu")
+    calibration = detector.infer_threshold(dataset.val, cfg.fpr)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    created = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    record = {
+        "config": asdict(cfg),
+        "model": model.spec(),
+        "data": dataset.fingerprint(),
+        "best_val_loss": best_val,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history["val"]),
+        "train_seconds": round(seconds, 2),
+        "parameters": count_parameters(model),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "created": created,
+    }
+    torch.save(
+        {**record, "state_dict": model.state_dict(), "calibration": calibration.to_json()},
+        out / CHECKPOINT,
+    )
+    (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "history.json").write_text(json.dumps(history) + "\n")
+    (out / CALIBRATION).write_text(json.dumps(calibration.to_json(), indent=2) + "\n")
+    evaluate_run(out, dataset)
+    return out
+
+
+# ---------------------------------------------------------------- `ecg-train fit`
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TrainingError(f"--option expects KEY=VALUE, got {item!r}")
+        options[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return options
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """A TOML training recipe: top-level FitConfig fields plus an [options] table."""
+    try:
+        recipe = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: no such recipe file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TrainingError(f"{path}: bad TOML: {exc}") from None
+    unknown = sorted(set(recipe) - set(CONFIG_KEYS))
+    if unknown:
+        raise TrainingError(f"{path}: unknown recipe keys {unknown} (allowed: {CONFIG_KEYS})")
+    return recipe
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", choices=sorted(MODELS), help="model variant")
+    parser.add_argument("--data", required=True, help="ucr:PATH | synthetic[:N] | mnist:DIR")
+    parser.add_argument("--out", type=Path, help="run directory (default runs/VARIANT-DATA-TIME)")
+    parser.add_argument("--config", type=Path, help="TOML recipe (CLI flags override it)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--latent-dim", type=int, help="code size (LSTM: embedding E)")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    parser.add_argument("--fpr", type=float, help="target false-alarm rate for the threshold")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split and the training")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="auto")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="variant option, e.g. l1=0.05, sigma=0.2, noise=speckle, hidden=128",
+    )
+    parser.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> FitConfig:
+    recipe = read_recipe(args.config) if args.config else {}
+    variant = args.variant or recipe.get("variant")
+    if variant is None:
+        raise TrainingError("no variant: pass --variant or a --config recipe that names one")
+    options = {**recipe.get("options", {}), **parse_options(args.option)}
+    base = FitConfig.for_variant(
+        variant, **{k: v for k, v in recipe.items() if k not in ("variant", "options")}
+    )
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in fields(FitConfig)
+        if f.name not in ("variant", "options") and getattr(args, f.name, None) is not None
+    }
+    return replace(base, options=options, **overrides)
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(1, args.threads))
+    cfg = config_from_args(args)
+    dataset = load_dataset(args.data, protocol=args.protocol, seed=cfg.seed)
+    out = args.out or Path("runs") / (
+        f"{cfg.variant}-{dataset.name.lower()}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    )
+    run_dir = fit(cfg, dataset, out, progress=not args.quiet)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    print(
+        f"{run_dir}: roc_auc={metrics['roc_auc']:.4f} recall={metrics['recall']:.4f} "
+        f"false_alarm_rate={metrics['false_alarm_rate']:.4f} threshold={metrics['threshold']:.3f}"
+    )
+    return 0
