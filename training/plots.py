@@ -218,6 +218,7 @@ def _image_rows(rows: list[tuple[str, np.ndarray]], path: Path, title: str) -> P
     if len(shapes) != 1:
         raise PlotError(f"image rows differ in shape: {sorted(shapes)}")
     n = rows[0][1].shape[0]
+    height = 1.25 * len(rows) + (0.4 if title else 0.0)
     fig, axes = plt.subplots(
         len(rows),
         n,
@@ -239,7 +240,7 @@ def _image_rows(rows: list[tuple[str, np.ndarray]], path: Path, title: str) -> P
         right=0.99,
         wspace=0.05,
         hspace=0.1,
-        top=0.85 if title else 0.98,
+        top=1.0 - (0.45 if title else 0.08) / height,
         bottom=0.02,
     )
     return _save(fig, path)
