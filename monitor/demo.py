@@ -101,8 +101,11 @@ class Tally:
         if not isinstance(seq, int):
             return
         key = (e.device_id, seq)
-        if e.kind == "score":
-            self.scored.add(key)
+        if e.kind == "score":  # one report per message: windows seq, seq+1, ... (count)
+            count = e.payload.get("count", 1)
+            self.scored.update(
+                (e.device_id, seq + i) for i in range(count if isinstance(count, int) else 1)
+            )
             self.first_score = min(self.first_score, e.received_at)
             self.last_score = max(self.last_score, e.received_at)
         elif e.kind == "alert":
