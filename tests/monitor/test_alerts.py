@@ -1,0 +1,81 @@
+"""Outgoing JSON per DESIGN.md and the per-device alert policy."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from monitor.alerts import Alert, AlertPolicy, Reject, ScoreReport, Status
+
+
+def test_alert_json_has_exactly_the_design_fields() -> None:
+    a = Alert("d1", 17, 1764337200.25, 41.2, 26.0, "ecg5000-lstm", "v3", 63, 10.5, 10.6)
+    assert json.loads(a.to_json()) == {
+        "device_id": "d1",
+        "seq": 17,
+        "ts": 1764337200.25,
+        "score": 41.2,
+        "threshold": 26.0,
+        "model": "ecg5000-lstm",
+        "model_version": "v3",
+        "peak_index": 63,
+        "received_at": 10.5,
+        "published_at": 10.6,
+    }
+
+
+def test_reject_carries_the_original_payload() -> None:
+    raw = b"\x00\xffnot json"
+    r = json.loads(Reject("d$", "bad_json", "why", 1.0, raw).to_json())
+    assert set(r) == {"device_id", "code", "reason", "received_at", "payload_b64"}
+    assert base64.b64decode(r["payload_b64"]) == raw
+    assert r["code"] == "bad_json"
+
+
+def test_status_and_score_report() -> None:
+    s = json.loads(Status("online", "i1", "m", "v", 5.0).to_json())
+    assert s == {
+        "state": "online",
+        "instance_id": "i1",
+        "model": "m",
+        "model_version": "v",
+        "started_at": 5.0,
+    }
+    r = json.loads(ScoreReport("d", 3, 1.0, (1.0, 2.0), 1.5, "m", "v", 2.0, 3.0).to_json())
+    assert r["count"] == 2 and r["scores"] == [1.0, 2.0] and r["seq"] == 3
+
+
+def test_default_policy_alerts_every_anomalous_window() -> None:
+    p = AlertPolicy()
+    flags = np.array([True, False, True, True])
+    assert not p.active
+    assert p.admit("d", flags, 0.0).tolist() == flags.tolist()
+
+
+def test_min_consecutive_needs_k_in_a_row_per_device() -> None:
+    p = AlertPolicy(min_consecutive=3)
+    assert p.admit("a", np.array([True, True]), 0.0).tolist() == [False, False]
+    assert p.admit("b", np.array([True, True, True]), 0.0).tolist() == [False, False, True]
+    # the run of "a" continues across calls; a normal window resets it
+    assert p.admit("a", np.array([True, True, False, True]), 0.0).tolist() == [
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_cooldown_suppresses_repeats_of_one_device() -> None:
+    p = AlertPolicy(cooldown_s=10.0)
+    assert p.admit("a", np.array([True, True]), 100.0).tolist() == [True, False]
+    assert p.admit("b", np.array([True]), 105.0).tolist() == [True]
+    assert p.admit("a", np.array([True]), 105.0).tolist() == [False]
+    assert p.admit("a", np.array([True]), 110.0).tolist() == [True]
+
+
+def test_policy_arguments_are_checked() -> None:
+    with pytest.raises(ValueError):
+        AlertPolicy(min_consecutive=0)

@@ -1,0 +1,114 @@
+"""ONNX Runtime engine: contract checks, provider choice, and outputs equal to a plain session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from monitor.engine import load_model, zscore
+from monitor.errors import ModelLoadError
+from tests.onnx_models import build_model, windows
+
+
+def test_loads_metadata_and_matches_a_plain_onnxruntime_session(tmp_path: Path) -> None:
+    path = build_model(tmp_path / "m.onnx", threshold=12.5, name="affine", version="7")
+    model = load_model(path, provider="auto")
+    info = model.info
+    assert (info.name, info.version, info.window_length, info.threshold) == (
+        "affine",
+        "7",
+        140,
+        12.5,
+    )
+    assert info.preprocess == "none"
+    assert info.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    x = windows(37, np.arange(37) % 4 == 0)
+    out = model.run(x)
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    recon, score = plain.run(["reconstruction", "score"], {"windows": x})
+    np.testing.assert_allclose(out.score, score, rtol=1e-5)
+    np.testing.assert_allclose(out.reconstruction, recon, rtol=1e-5)
+    np.testing.assert_array_equal(out.inputs, x)
+
+
+def test_zscore_named_in_metadata_is_applied_before_the_model(tmp_path: Path) -> None:
+    path = build_model(tmp_path / "z.onnx", preprocess="zscore")
+    model = load_model(path, provider="cpu")
+    x = windows(5) * 3.0 + 1.0
+    out = model.run(x)
+    np.testing.assert_allclose(out.inputs, zscore(x), rtol=1e-6)
+    np.testing.assert_allclose(out.inputs.mean(axis=1), 0.0, atol=1e-5)
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (score,) = plain.run(["score"], {"windows": zscore(x)})
+    np.testing.assert_allclose(out.score, score, rtol=1e-5)
+
+
+def test_cpu_provider_is_cpu(tmp_path: Path) -> None:
+    model = load_model(build_model(tmp_path / "m.onnx"), provider="cpu")
+    assert model.info.provider == "CPUExecutionProvider"
+
+
+def _cuda_really_runs(path: Path) -> bool:
+    try:
+        s = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
+    except Exception:
+        return False
+    return "CUDAExecutionProvider" in s.get_providers()
+
+
+def test_cuda_is_used_only_when_it_truly_loads(tmp_path: Path) -> None:
+    path = build_model(tmp_path / "m.onnx")
+    auto = load_model(path, provider="auto")
+    if _cuda_really_runs(path):
+        assert auto.info.provider == "CUDAExecutionProvider"
+        cuda = load_model(path, provider="cuda")
+        x = windows(9)
+        np.testing.assert_allclose(
+            cuda.run(x).score, load_model(path, provider="cpu").run(x).score, rtol=1e-4
+        )
+    else:
+        assert auto.info.provider == "CPUExecutionProvider"
+        with pytest.raises(ModelLoadError, match="cuda"):
+            load_model(path, provider="cuda")
+
+
+def _without_meta(path: Path, key: str) -> Path:
+    m = onnx.load(str(path))
+    keep = [p for p in m.metadata_props if p.key != key]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep)
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p: p.with_name("absent.onnx"), "no such file"),
+        (lambda p: (p.write_bytes(b"not a model") and p) or p, "onnxruntime cannot load it"),
+        (lambda p: _without_meta(build_model(p), "ecg.threshold"), "no ecg.threshold"),
+        (lambda p: _without_meta(build_model(p), "ecg.model_version"), "no ecg.model_version"),
+        (lambda p: build_model(p, extra_meta={"ecg.preprocess": "minmax"}), "ecg.preprocess"),
+        (lambda p: build_model(p, extra_meta={"ecg.window_length": "141"}), "!= ecg.window_length"),
+        (lambda p: build_model(p, extra_meta={"ecg.threshold": "inf"}), "not finite"),
+    ],
+)
+def test_models_breaking_the_contract_are_refused(tmp_path: Path, make, reason: str) -> None:
+    path = make(tmp_path / "m.onnx")
+    with pytest.raises(ModelLoadError, match=reason) as err:
+        load_model(path, provider="cpu")
+    assert err.value.path == str(path)
+
+
+def test_model_without_the_named_outputs_is_refused(tmp_path: Path) -> None:
+    path = build_model(tmp_path / "m.onnx")
+    m = onnx.load(str(path))
+    m.graph.output[1].name = "scores"
+    m.graph.node[-1].output[0] = "scores"
+    onnx.save(m, str(path))
+    with pytest.raises(ModelLoadError, match="missing output"):
+        load_model(path, provider="cpu")
