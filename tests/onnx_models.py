@@ -85,5 +85,5 @@ def windows(n: int, anomalous: np.ndarray | None = None, seed: int = 0) -> np.nd
         idx = np.flatnonzero(anomalous)
         pos = rng.integers(10, LENGTH - 10, size=idx.size)
         for row, p in zip(idx, pos, strict=True):
-            x[row, p - 5 : p + 5] += 4.0
+            x[row, p - 5 : p + 5] += 8.0
     return x.astype(np.float32)

@@ -22,7 +22,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write_config(path: Path, broker_port: int, model: Path, **sections: dict[str, Any]) -> Path:
+def write_config(
+    path: Path, broker_port: int, model_path: Path, /, **sections: dict[str, Any]
+) -> Path:
     """A daemon config for a test broker; `sections` override/extend the TOML tables."""
     base: dict[str, dict[str, Any]] = {
         "mqtt": {
@@ -30,7 +32,7 @@ def write_config(path: Path, broker_port: int, model: Path, **sections: dict[str
             "port": broker_port,
             "client_id": f"mon-{uuid.uuid4().hex[:8]}",
         },
-        "model": {"path": str(model), "provider": "cpu", "intra_op_threads": 1},
+        "model": {"path": str(model_path), "provider": "cpu", "intra_op_threads": 1},
         "batch": {"max_batch": 64, "max_wait_ms": 2.0},
         "service": {
             "instance_id": f"t{uuid.uuid4().hex[:6]}",

@@ -1,0 +1,468 @@
+"""The daemon end to end against a real mosquitto: `python -m monitor run --config F` as a child
+process, devices and alert consumers as real MQTT clients, real signals."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from monitor.wire import encode_binary, encode_json
+from tests.brokers import Mosquitto, free_port
+from tests.monitor.daemon import ROOT, Collector, Daemon, Publisher, wait_online, write_config
+from tests.onnx_models import LENGTH, build_model, windows
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def instance_of(config: Path) -> str:
+    return str(tomllib.loads(config.read_text())["service"]["instance_id"])
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return build_model(tmp_path / "model.onnx", threshold=20.0, version="v1")
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+def start(daemons: list[Daemon], config: Path, collector: Collector) -> Daemon:
+    d = Daemon(config).start()
+    daemons.append(d)
+    try:
+        wait_online(collector, instance_of(config))
+    except AssertionError:
+        raise AssertionError(f"daemon not online:\n{d.output()[-3000:]}") from None
+    return d
+
+
+def scored_keys(collector: Collector) -> list[tuple[str, int]]:
+    """(device_id, seq) of every window in the score reports received so far."""
+    keys = []
+    for r in collector.of("/score"):
+        keys.extend((r["device_id"], r["seq"] + i) for i in range(r["count"]))
+    return keys
+
+
+def stream(
+    pub: Publisher, devices: int, per_device: int, frame: int = 1, *, seed: int = 1, pace: float = 0
+) -> int:
+    """Publish per_device windows for each device (QoS 1), `frame` windows per message,
+    sleeping `pace` seconds after each round over the devices."""
+    x = windows(frame, seed=seed)
+    n = 0
+    for seq in range(0, per_device, frame):
+        for d in range(devices):
+            count = min(frame, per_device - seq)
+            if count == 1:
+                pub.publish(f"ecg/dev{d}/window", encode_json(seq, float(seq), x[0]))
+            else:
+                pub.publish(f"ecg/dev{d}/window", encode_binary(seq, float(seq), x[:count]))
+            n += count
+        if pace:
+            time.sleep(pace)
+    return n
+
+
+# ------------------------------------------------------------------ 1. alerts
+
+
+def test_alerts_for_exactly_the_windows_over_threshold_in_every_format(
+    tmp_path: Path, mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    config = write_config(tmp_path / "c.toml", mosquitto.port, model)
+    col = Collector(mosquitto.port, ["ecg/+/alert", "ecg/+/rejected", "ecg-monitor/+/status"])
+    start(daemons, config, col)
+    rng = np.random.default_rng(5)
+    flags = rng.random(90) < 0.3
+    x = windows(90, flags, seed=3)
+    plain = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    (expected_scores,) = plain.run(["score"], {"windows": x})
+    t_before = time.time()
+    pub = Publisher(mosquitto.port)
+    for i in range(30):  # JSON, one window per message
+        pub.publish("ecg/json1/window", encode_json(100 + i, 1000.0 + i, x[i], fs=140.0))
+    for j in range(3):  # JSON multi, 10 windows per message
+        rows = x[30 + 10 * j : 40 + 10 * j]
+        pub.publish("ecg/jsonN/window", encode_json(200 + 10 * j, 2000.0 + j, rows, fs=140.0))
+    pub.publish("ecg/bin.1/window", encode_binary(300, 3000.0, x[60:90], fs=140.0))
+    pub.close()
+
+    sent: dict[tuple[str, int], tuple[int, float]] = {}
+    for i in range(30):
+        sent[("json1", 100 + i)] = (i, 1000.0 + i)
+    for j in range(3):
+        for k in range(10):
+            sent[("jsonN", 200 + 10 * j + k)] = (30 + 10 * j + k, 2000.0 + j + k * LENGTH / 140.0)
+    for k in range(30):
+        sent[("bin.1", 300 + k)] = (60 + k, 3000.0 + k * LENGTH / 140.0)
+    expected = {key for key, (row, _) in sent.items() if expected_scores[row] > 20.0}
+    assert 10 < len(expected) < 80
+
+    col.wait_for(lambda: len(col.of("/alert")) >= len(expected), 20, "alerts")
+    time.sleep(0.3)  # nothing more should come
+    alerts = col.of("/alert")
+    assert {(a["device_id"], a["seq"]) for a in alerts} == expected
+    assert len(alerts) == len(expected)
+    assert not col.of("/rejected")
+    for a in alerts:
+        row, ts = sent[(a["device_id"], a["seq"])]
+        assert set(a) == {
+            "device_id",
+            "seq",
+            "ts",
+            "score",
+            "threshold",
+            "model",
+            "model_version",
+            "peak_index",
+            "received_at",
+            "published_at",
+        }
+        assert a["ts"] == pytest.approx(ts)
+        assert a["score"] == pytest.approx(float(expected_scores[row]), rel=1e-5)
+        assert a["threshold"] == 20.0
+        assert (a["model"], a["model_version"]) == ("test-affine", "v1")
+        recon = plain.run(["reconstruction"], {"windows": x[row : row + 1]})[0][0]
+        assert a["peak_index"] == int(np.argmax(np.abs(x[row] - recon)))
+        assert t_before <= a["received_at"] <= a["published_at"] <= time.time()
+    col.close()
+
+
+def test_threshold_override_and_alert_policy_from_config(
+    tmp_path: Path, mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    """threshold from config beats the model's; min_consecutive=2 needs two in a row."""
+    config = write_config(
+        tmp_path / "c.toml",
+        mosquitto.port,
+        model,
+        model={"threshold": 30.0},
+        alerts={"min_consecutive": 2},
+    )
+    col = Collector(mosquitto.port, ["ecg/pol/alert", "ecg-monitor/+/status"])
+    start(daemons, config, col)
+    flags = np.array([1, 0, 1, 1, 1, 0, 1], bool)
+    x = windows(7, flags, seed=9)
+    pub = Publisher(mosquitto.port)
+    pub.publish("ecg/pol/window", encode_binary(0, 0.0, x))
+    pub.close()
+    col.wait_for(lambda: len(col.of("/alert")) >= 2, 20, "alerts")
+    time.sleep(0.3)
+    alerts = col.of("/alert")
+    assert sorted(a["seq"] for a in alerts) == [3, 4]
+    assert {a["threshold"] for a in alerts} == {30.0}
+    col.close()
+
+
+# ------------------------------------------------------------------ 2. rejects
+
+
+def test_each_malformed_payload_is_rejected_and_later_windows_still_scored(
+    tmp_path: Path, mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    config = write_config(
+        tmp_path / "c.toml", mosquitto.port, model, limits={"max_payload_bytes": 65536}
+    )
+    col = Collector(mosquitto.port, ["ecg/+/alert", "ecg/+/rejected", "ecg-monitor/+/status"])
+    start(daemons, config, col)
+    good = windows(1)[0]
+    ok = encode_json(1, 2.0, good).decode()
+    v2 = bytearray(encode_binary(1, 2.0, good[None, :]))
+    struct.pack_into("<H", v2, 4, 2)
+    cases = [
+        ("bad_json", "ecg/m1/window", b"{this is not json"),
+        ("bad_length", "ecg/m2/window", encode_json(1, 2.0, good[:100])),
+        ("non_finite", "ecg/m3/window", ok.replace(str(float(good[5])), "NaN").encode()),
+        ("non_finite", "ecg/m3b/window", encode_binary(1, 2.0, np.full((1, LENGTH), np.inf))),
+        (
+            "bad_field",
+            "ecg/m4/window",
+            json.dumps({"seq": -1, "ts": 2, "samples": [0] * 140}).encode(),
+        ),
+        (
+            "bad_field",
+            "ecg/m5/window",
+            json.dumps({"seq": 1, "ts": "x", "samples": [0] * 140}).encode(),
+        ),
+        ("bad_frame", "ecg/m6/window", bytes(v2)),
+        ("too_large", "ecg/m7/window", encode_binary(0, 0.0, np.zeros((200, LENGTH), np.float32))),
+        ("bad_device_id", "ecg/bad$id/window", ok.encode()),
+        ("bad_device_id", "ecg/" + "d" * 65 + "/window", ok.encode()),
+    ]
+    pub = Publisher(mosquitto.port)
+    anomalous = windows(3, np.ones(3, bool), seed=4)
+    for i, (_, topic, payload) in enumerate(cases):
+        pub.publish(topic, payload)
+        pub.publish("ecg/after/window", encode_json(i, float(i), anomalous[i % 3]))
+    pub.close()
+    col.wait_for(
+        lambda: len(col.of("/rejected")) >= len(cases) and len(col.of("/alert")) >= len(cases),
+        20,
+        "rejects and alerts",
+    )
+    rejects = {}
+    for topic, r in col.messages:
+        if topic.endswith("/rejected"):
+            rejects[topic] = r
+    for code, topic, payload in cases:
+        device = topic.split("/")[1]
+        r = rejects[f"ecg/{device}/rejected"]
+        assert r["code"] == code, (topic, r)
+        assert base64.b64decode(r["payload_b64"]) == payload
+        assert r["device_id"] == device
+        assert r["reason"]
+    assert sorted(a["seq"] for a in col.of("/alert")) == list(range(len(cases)))
+    col.close()
+
+
+# ------------------------------------------------------------------ 3. SIGKILL
+
+
+def test_sigkill_mid_stream_loses_no_qos1_window(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    broker = fresh_mosquitto
+    config = write_config(tmp_path / "c.toml", broker.port, model, alerts={"publish_scores": True})
+    col = Collector(broker.port, ["ecg/+/score", "ecg-monitor/+/status"])
+    first = start(daemons, config, col)
+    pub = Publisher(broker.port)
+    total = {"n": 0}
+    t = threading.Thread(target=lambda: total.update(n=stream(pub, 4, 1000, frame=1, pace=0.001)))
+    t.start()
+    col.wait_for(lambda: len(scored_keys(col)) >= 400, 30, "scores before the kill")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    killed_at = len(set(scored_keys(col)))
+    t.join()
+    pub.close()
+    assert total["n"] == 4000
+    assert killed_at < 4000, "the kill came too late to test anything"
+    start(daemons, config, col)
+    want = {(f"dev{d}", s) for d in range(4) for s in range(1000)}
+    col.wait_for(lambda: want <= set(scored_keys(col)), 60, "every window scored")
+    daemons[-1].signal(signal.SIGTERM)
+    assert daemons[-1].wait() == 0
+    col.close()
+
+
+# ------------------------------------------------------------------ 4. SIGTERM
+
+
+def test_sigterm_drains_everything_received_then_exits_0(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    broker = fresh_mosquitto
+    config = write_config(tmp_path / "c.toml", broker.port, model, alerts={"publish_scores": True})
+    col = Collector(broker.port, ["ecg/+/score", "ecg-monitor/+/status"])
+    first = start(daemons, config, col)
+    pub = Publisher(broker.port)
+    t = threading.Thread(target=lambda: stream(pub, 3, 1000, frame=4, pace=0.006))
+    t.start()
+    col.wait_for(lambda: len(scored_keys(col)) >= 300, 30, "scores before SIGTERM")
+    first.signal(signal.SIGTERM)
+    assert first.wait(30) == 0, first.output()[-3000:]
+    stopped = first.wait_event("stopped")
+    drained_events = [e["event"] for e in first.events()]
+    assert "drained" in drained_events
+    assert stopped["windows_received"] == stopped["windows_scored"]
+    # everything it received was published (and PUBACKed) before it exited
+    col.wait_for(
+        lambda: len(set(scored_keys(col))) >= stopped["windows_received"], 5, "published scores"
+    )
+    assert len(set(scored_keys(col))) == stopped["windows_received"]
+    assert stopped["windows_received"] < 3000
+    status = [d for t_, d in col.messages if t_.startswith("ecg-monitor/")]
+    assert status[-1]["state"] == "offline"
+    t.join()
+    pub.close()
+    # what arrived during the drain was not acknowledged: the next run gets it
+    start(daemons, config, col)
+    want = {(f"dev{d}", s) for d in range(3) for s in range(1000)}
+    col.wait_for(lambda: want <= set(scored_keys(col)), 60, "every window scored")
+    col.close()
+
+
+# ------------------------------------------------------------------ 5. SIGHUP
+
+
+def test_sighup_swaps_the_model_without_losing_windows_and_keeps_it_on_a_bad_file(
+    tmp_path: Path, mosquitto: Mosquitto, daemons: list[Daemon]
+) -> None:
+    path = build_model(tmp_path / "model.onnx", version="v1")
+    config = write_config(
+        tmp_path / "c.toml", mosquitto.port, path, alerts={"publish_scores": True}
+    )
+    col = Collector(mosquitto.port, ["ecg/hup/+", "ecg-monitor/+/status"])
+    d = start(daemons, config, col)
+    anomalous = windows(8, np.ones(8, bool), seed=2)
+    pub = Publisher(mosquitto.port)
+    stop = threading.Event()
+    sent = {"n": 0}
+
+    def run() -> None:
+        seq = 0
+        while not stop.is_set():
+            pub.publish("ecg/hup/window", encode_binary(seq, float(seq), anomalous))
+            seq += 8
+            time.sleep(0.005)
+        sent["n"] = seq
+
+    t = threading.Thread(target=run)
+    t.start()
+    col.wait_for(lambda: len(col.of("/alert")) >= 40, 20, "v1 alerts")
+    build_model(tmp_path / "next.onnx", version="v2")
+    os.replace(tmp_path / "next.onnx", path)
+    d.signal(signal.SIGHUP)
+    d.wait_event("model_reloaded")
+    col.wait_for(lambda: col.of("/alert")[-1]["model_version"] == "v2", 20, "v2 alerts")
+    path.write_bytes(b"\x08\x07 definitely not onnx")
+    d.signal(signal.SIGHUP)
+    failed = d.wait_event("model_reload_failed")
+    assert failed["keeping"] == "v2"
+    n_before = len(col.of("/alert"))
+    col.wait_for(lambda: len(col.of("/alert")) >= n_before + 40, 20, "alerts after bad reload")
+    stop.set()
+    t.join()
+    pub.close()
+    want = sent["n"]
+    col.wait_for(lambda: len(col.of("/alert")) >= want, 20, "all alerts")
+    versions = [a["model_version"] for a in sorted(col.of("/alert"), key=lambda a: a["seq"])]
+    assert sorted({a["seq"] for a in col.of("/alert")}) == list(range(want))
+    switch = versions.index("v2")
+    assert set(versions[:switch]) == {"v1"} and set(versions[switch:]) == {"v2"}
+    assert d.proc is not None and d.proc.poll() is None
+    online = [m for t_, m in col.messages if t_.startswith("ecg-monitor/")][-1]
+    assert online["model_version"] == "v2"
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
+    col.close()
+
+
+# ------------------------------------------------------------------ 6. shared subscription
+
+
+def test_two_instances_on_a_shared_subscription_split_the_stream(
+    tmp_path: Path, mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    configs = [
+        write_config(
+            tmp_path / f"c{i}.toml",
+            mosquitto.port,
+            model,
+            mqtt={"share_group": "g"},
+            alerts={"publish_scores": True},
+        )
+        for i in range(2)
+    ]
+    col = Collector(mosquitto.port, ["ecg/+/score", "ecg-monitor/+/status"])
+    instances = [start(daemons, c, col) for c in configs]
+    pub = Publisher(mosquitto.port)
+    n = stream(pub, 6, 300, frame=1)
+    pub.close()
+    want = {(f"dev{d}", s) for d in range(6) for s in range(300)}
+    col.wait_for(lambda: want <= set(scored_keys(col)), 60, "every window scored")
+    counts = []
+    for d in instances:
+        d.signal(signal.SIGTERM)
+        assert d.wait(30) == 0
+        counts.append(d.wait_event("stopped")["windows_scored"])
+    assert all(c > 0 for c in counts), counts
+    assert sum(counts) >= n
+    col.close()
+
+
+# ------------------------------------------------------------------ start-up, metrics, backpressure
+
+
+def test_bad_config_and_bad_model_exit_3_with_one_line(tmp_path: Path, model: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[mqtt]\nhots = "x"\n')
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"nope")
+    broken = write_config(tmp_path / "m.toml", free_port(), corrupt)
+    for config, needle in ((bad, "unknown key(s) in [mqtt]: hots"), (broken, "corrupt.onnx")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+            cwd=ROOT,
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        assert proc.returncode == 3
+        lines = proc.stderr.decode().strip().splitlines()
+        assert needle in lines[-1]
+        assert lines[-1].startswith("ecg-monitor: ")
+
+
+def test_metrics_endpoint_counts_what_happened(
+    tmp_path: Path, mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "c.toml", mosquitto.port, model, metrics={"port": port})
+    col = Collector(mosquitto.port, ["ecg/met/+", "ecg-monitor/+/status"])
+    start(daemons, config, col)
+    pub = Publisher(mosquitto.port)
+    pub.publish("ecg/met/window", encode_binary(0, 0.0, windows(10, np.arange(10) < 3)))
+    pub.publish("ecg/met/window", b"garbage")
+    pub.close()
+    col.wait_for(lambda: len(col.of("/alert")) >= 3 and col.of("/rejected"), 20, "outputs")
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    col.wait_for(lambda: "ecg_monitor_alerts_total 3" in scrape(), 10, "alert count")
+    text = scrape()
+    assert "ecg_monitor_windows_received_total 10" in text
+    assert "ecg_monitor_windows_scored_total 10" in text
+    assert 'ecg_monitor_messages_rejected_total{code="bad_json"} 1' in text
+    assert "ecg_monitor_alert_latency_seconds_count 3" in text
+    assert "ecg_monitor_inference_seconds_count" in text
+    assert 'model_version="v1"' in text
+    col.close()
+
+
+def test_backpressure_small_queue_scores_every_qos1_window(
+    tmp_path: Path, mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    """queue_windows far below the burst: the daemon stops reading instead of dropping."""
+    config = write_config(
+        tmp_path / "c.toml",
+        mosquitto.port,
+        model,
+        batch={"max_batch": 16, "max_wait_ms": 1.0},
+        limits={"queue_windows": 32},
+        alerts={"publish_scores": True},
+    )
+    col = Collector(mosquitto.port, ["ecg/+/score", "ecg-monitor/+/status"])
+    d = start(daemons, config, col)
+    pub = Publisher(mosquitto.port)
+    stream(pub, 2, 1500, frame=10)
+    pub.close()
+    want = {(f"dev{i}", s) for i in range(2) for s in range(1500)}
+    col.wait_for(lambda: want <= set(scored_keys(col)), 60, "every window scored")
+    d.signal(signal.SIGTERM)
+    assert d.wait(30) == 0
+    stopped = d.wait_event("stopped")
+    assert stopped["windows_scored"] == 3000
