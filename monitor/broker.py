@@ -126,9 +126,9 @@ def connect(
     subscriptions: list[tuple[str, int]] | None = None,
     timeout: float = 10.0,
 ) -> mqtt.Client:
-    """A started paho client, connected (CONNACK received) and subscribed; BrokerError otherwise.
+    """A started paho client, connected and subscribed (CONNACK and SUBACK received).
 
-    Subscriptions are renewed on every (re)connect.
+    BrokerError otherwise. Subscriptions are renewed on every (re)connect.
     """
     v5 = opts.mqtt_version == "5"
     client = mqtt.Client(
@@ -147,17 +147,26 @@ def connect(
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     connected = threading.Event()
+    subscribed = threading.Event()
     failure: list[str] = []
 
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             failure.append(str(reason))
+        elif subscriptions:
+            c.subscribe(list(subscriptions))
         else:
-            for topic, qos in subscriptions or []:
-                c.subscribe(topic, qos)
+            subscribed.set()
         connected.set()
 
+    def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+        refused = [str(rc) for rc in codes if rc.is_failure]
+        if refused:
+            failure.append(f"subscription refused: {', '.join(refused)}")
+        subscribed.set()
+
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     if on_message is not None:
         client.on_message = on_message
     try:
@@ -165,11 +174,13 @@ def connect(
     except OSError as e:
         raise BrokerError(f"cannot reach MQTT broker {opts.broker}: {e}") from None
     client.loop_start()
-    if not connected.wait(timeout) or failure:
+    deadline = time.monotonic() + timeout
+    ok = connected.wait(timeout) and subscribed.wait(max(deadline - time.monotonic(), 0.0))
+    if not ok or failure:
         client.loop_stop()
         with contextlib.suppress(Exception):
             client.disconnect()
-        why = failure[0] if failure else f"no CONNACK within {timeout:.0f}s"
+        why = failure[0] if failure else f"no CONNACK/SUBACK within {timeout:.0f}s"
         raise BrokerError(f"MQTT broker {opts.broker} refused the connection: {why}")
     return client
 

@@ -68,12 +68,12 @@ class Subscriber:
                 raise MonitorError(f"device id {d!r} is not 1-64 of [A-Za-z0-9_.-]")
         self.prefix = prefix
         self.events: queue.Queue[Event] = queue.Queue()
-        topics = [f"{prefix}/{d}/{k}" for d in (devices or ["+"]) for k in kinds]
+        self.topics = [f"{prefix}/{d}/{k}" for d in (devices or ["+"]) for k in kinds]
         self.client = connect(
             opts,
             client_id or f"ecg-alerts-{time.time_ns() % 10**9}",
             on_message=self._on_message,
-            subscriptions=[(t, 1) for t in topics],
+            subscriptions=[(t, 1) for t in self.topics],
         )
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -166,6 +166,11 @@ def main(args: argparse.Namespace) -> int:
     except MonitorError as e:
         print(f"ecg-monitor alerts: {e}", file=sys.stderr)
         return 2
+    print(
+        f"alerts: listening on {', '.join(sub.topics)} at {args.broker}",
+        file=sys.stderr,
+        flush=True,
+    )
     view = View(sys.stdout, style)
     end = time.monotonic() + args.duration if args.duration is not None else float("inf")
     alerts = 0

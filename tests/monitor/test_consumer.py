@@ -6,13 +6,19 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
+
+import paho.mqtt.client as mqtt
 
 from monitor.broker import BrokerAddress, ClientOptions, connect
 from monitor.consumer import Event
+from monitor.simulate import read_ground_truth
 from tests.brokers import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,3 +124,106 @@ def test_events_from_foreign_topics_or_payloads_are_ignored() -> None:
     assert Event.from_message("ecg/d1/window", b'{"seq": 1}', "ecg", 0.0) is None
     assert Event.from_message("ecg/d1/alert", b"\xff", "ecg", 0.0) is None
     assert Event.from_message("ecg/d1/alert", b"[1]", "ecg", 0.0) is None
+
+
+MODEL = ROOT / "models" / "ecg-synthetic-dense.onnx"
+DAEMON_TOML = """\
+[mqtt]
+host = "{host}"
+port = {port}
+client_id = "ecg-monitor-e2e-{tag}"
+topic_prefix = "{prefix}"
+session_expiry_s = 0
+
+[model]
+path = "{model}"
+
+[service]
+instance_id = "e2e-{tag}"
+drain_timeout_s = 5.0
+log_format = "json"
+"""
+
+
+def wait_online(broker: Mosquitto, instance_id: str, timeout: float = 60.0) -> None:
+    seen = threading.Event()
+
+    def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if json.loads(msg.payload).get("state") == "online":
+            seen.set()
+
+    client = connect(
+        ClientOptions(BrokerAddress(broker.host, broker.port)),
+        f"status-{instance_id}",
+        on_message=on_message,
+        subscriptions=[(f"ecg-monitor/{instance_id}/status", 1)],
+    )
+    try:
+        assert seen.wait(timeout), "the daemon did not come online"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_simulate_daemon_alerts_end_to_end(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """simulate -> daemon -> alerts on a real mosquitto: every alert is a sent window, and the
+    alerted windows are the anomalous ones of the ground truth."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"e2e{tag}"
+    config = tmp_path / "monitor.toml"
+    config.write_text(
+        DAEMON_TOML.format(
+            host=mosquitto.host, port=mosquitto.port, tag=tag, prefix=prefix, model=MODEL
+        )
+    )
+    broker = ["--broker", f"{mosquitto.host}:{mosquitto.port}", "--prefix", prefix]
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    alerts = None
+    try:
+        wait_online(mosquitto, f"e2e-{tag}")
+        alerts = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "alerts", *broker, "--duration", "60"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert alerts.stderr is not None
+        assert alerts.stderr.readline().startswith(b"alerts: listening on")
+        truth = tmp_path / "truth.csv"
+        fleet = "--devices 3 --rate 50 --count 60 --anomaly-fraction 0.3 --seed 11 --format binary"
+        sim = subprocess.run(
+            [
+                *(sys.executable, "-m", "monitor", "simulate", *broker, *fleet.split()),
+                *("--ground-truth", str(truth), "--quiet"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert sim.returncode == 0, sim.stderr
+        rows = {(r.device_id, r.seq): r for r in read_ground_truth(truth)}
+        anomalous = {k for k, r in rows.items() if r.is_anomaly}
+        time.sleep(2.0)  # the last alerts are on their way
+        alerts.send_signal(signal.SIGINT)  # Ctrl-C ends the consumer cleanly
+        out, err = alerts.communicate(timeout=10)
+        assert alerts.returncode == 0, err
+    finally:
+        for proc in (alerts, daemon):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=20)
+    assert daemon.returncode == 0
+    got = [json.loads(line) for line in out.decode().splitlines()]
+    keys = {(a["device_id"], a["seq"]) for a in got}
+    assert len(rows) == 180 and len(anomalous) >= 30
+    assert keys <= rows.keys()
+    assert all(a["score"] > a["threshold"] for a in got)
+    assert len(keys & anomalous) >= 0.9 * len(anomalous)
+    assert len(keys - anomalous) <= 0.1 * len(keys)
