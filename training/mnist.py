@@ -25,6 +25,7 @@ from training.data import gaussian_noise, load_mnist, speckle_noise
 from training.detector import resolve_device
 from training.errors import TrainingError
 from training.models import DenseAutoencoder, build_model
+from training.train import default_threads
 
 NOISE_MODELS: dict[str, Callable[[np.ndarray, float, np.random.Generator], np.ndarray]] = {
     "gaussian": gaussian_noise,
@@ -345,6 +346,7 @@ def _common(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads")
     p.add_argument("--train-size", type=int, default=8000, help="images to train on")
     p.add_argument("--test-size", type=int, default=2000, help="held-out images to score")
 
@@ -371,6 +373,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(1, args.threads))
     summary = run_sweep(args) if args.study == "sweep" else run_denoise(args)
     print(json.dumps({"out": str(args.out), "wall_s": summary["wall_s"]}))
     return 0

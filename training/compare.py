@@ -1,0 +1,297 @@
+"""Train, evaluate, export and time several autoencoder variants on one data spec.
+
+Writes REPORT_DIR/compare.md (one Markdown table), REPORT_DIR/compare.json and a run
+directory per variant (REPORT_DIR/<variant>/, with its model.onnx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from training.data import Dataset, load_dataset
+from training.errors import TrainingError
+from training.export import export_run
+from training.models import MODELS
+from training.train import FitConfig, default_threads, fit
+
+THROUGHPUT_BATCH = 64
+COUNTED_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Conv")
+
+
+@dataclass(frozen=True)
+class OpCount:
+    """Floating-point operations of one counted node, per window (2 per multiply-add)."""
+
+    name: str
+    op_type: str
+    flops: int
+
+
+def _node_flops(op_type: str, node: Any, shapes: dict[str, tuple[int, ...]]) -> int:
+    """FLOPs (2 x multiply-adds) of one MatMul/Gemm/LSTM/GRU/Conv with batch 1."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if op_type == "MatMul":
+        a, b = shapes[node.input[0]], shapes[node.input[1]]
+        out = shapes[node.output[0]]
+        k = a[-1]
+        n = b[-1] if len(b) > 1 else 1
+        rows = int(np.prod(out)) // max(n, 1)
+        return 2 * rows * k * n
+    if op_type == "Gemm":
+        a, b = shapes[node.input[0]], shapes[node.input[1]]
+        m, k = (a[1], a[0]) if attrs.get("transA", 0) else (a[0], a[1])
+        n = b[0] if attrs.get("transB", 0) else b[1]
+        return 2 * m * k * n
+    if op_type in ("LSTM", "GRU"):
+        x = shapes[node.input[0]]
+        w = shapes[node.input[1]]  # [directions, gates * hidden, input]
+        layout = int(attrs.get("layout", 0))
+        steps = x[1] if layout else x[0]
+        hidden = int(attrs["hidden_size"])
+        directions, gates_hidden, input_size = w
+        per_step = 2 * gates_hidden * (input_size + hidden)
+        return int(steps * directions * per_step)
+    if op_type == "Conv":
+        w = shapes[node.input[1]]  # [out_ch, in_ch / groups, *kernel]
+        out = shapes[node.output[0]]  # [1, out_ch, *spatial]
+        return 2 * int(np.prod(out)) * int(np.prod(w[1:]))
+    return 0
+
+
+def onnx_flops(model_path: Path, window_length: int) -> tuple[int, list[OpCount]]:
+    """FLOPs per window of an ONNX model, counted from its MatMul/Gemm/LSTM/GRU/Conv nodes.
+
+    Shapes come from running the graph once on one window, so dynamic reshapes resolve;
+    element-wise ops (activations, biases, gates) are not counted.
+    """
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    nodes = [n for n in graph.node if n.op_type in COUNTED_OPS]
+    if any(n.op_type in ("Loop", "Scan", "If") for n in graph.node):
+        raise TrainingError(f"{model_path}: control-flow nodes are not counted")
+    wanted: list[str] = []
+    initial = {i.name: tuple(int(d) for d in i.dims) for i in graph.initializer}
+    existing = {o.name for o in graph.output}
+    for node in nodes:
+        for name in [*node.input, *node.output]:
+            if name and name not in initial and name not in existing and name not in wanted:
+                wanted.append(name)
+    for name in wanted:
+        graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    feed_name = session.get_inputs()[0].name
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(names, {feed_name: np.zeros((1, window_length), dtype=np.float32)})
+    shapes = dict(initial)
+    shapes.update(
+        {n: tuple(int(d) for d in np.shape(v)) for n, v in zip(names, values, strict=True)}
+    )
+    counts = [OpCount(n.name, n.op_type, _node_flops(n.op_type, n, shapes)) for n in nodes]
+    return sum(c.flops for c in counts), counts
+
+
+def ort_throughput(
+    model_path: Path,
+    windows: np.ndarray,
+    *,
+    batch: int = THROUGHPUT_BATCH,
+    seconds: float = 1.0,
+    threads: int = 0,
+) -> float:
+    """ONNX Runtime CPU windows/s at a fixed batch: a warm-up, then a short timed loop."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    reps = -(-batch // windows.shape[0])
+    feed = {name: np.ascontiguousarray(np.tile(windows, (reps, 1))[:batch], dtype=np.float32)}
+    for _ in range(3):
+        session.run(None, feed)
+    runs = 0
+    started = time.perf_counter()
+    elapsed = 0.0
+    while elapsed < seconds or runs < 5:
+        session.run(None, feed)
+        runs += 1
+        elapsed = time.perf_counter() - started
+    return runs * batch / elapsed
+
+
+def parse_variants(text: str, known: list[str]) -> list[str]:
+    if text.strip() == "all":
+        return list(known)
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        raise TrainingError(f"--variants: unknown {unknown or text!r}; choose from {known} or all")
+    return list(dict.fromkeys(names))
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("variant", "variant", 0),
+    ("roc_auc", "ROC AUC", 4),
+    ("pr_auc", "PR AUC", 4),
+    ("recall", "recall @thr", 3),
+    ("false_alarm_rate", "false alarms @thr", 3),
+    ("threshold", "threshold", 2),
+    ("parameters", "params", 0),
+    ("mflop_per_window", "MFLOP/window", 3),
+    ("ort_cpu_windows_per_s", "ORT CPU windows/s", 0),
+    ("epochs_run", "epochs", 0),
+    ("fit_s", "train s", 1),
+)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|"
+    lines = [header, rule]
+    for row in rows:
+        cells = []
+        for key, _, digits in COLUMNS:
+            value = row.get(key, "")
+            if key == "ort_cpu_windows_per_s" and isinstance(value, float):
+                cells.append(f"{value:,.0f}")
+            else:
+                cells.append(_fmt(value, digits))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_variant(
+    variant: str,
+    dataset: Dataset,
+    out: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Fit one variant (which evaluates it on the held-out test), export it, measure its cost."""
+    cfg = FitConfig.for_variant(
+        variant,
+        **{key: getattr(args, key) for key in ("epochs", "batch_size", "latent_dim", "lr", "fpr")},
+        device=args.device,
+        seed=args.seed,
+    )
+    run_dir = fit(cfg, dataset, out / variant, progress=not args.quiet)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    record = json.loads((run_dir / "config.json").read_text())
+    onnx_path = export_run(run_dir, run_dir / "model.onnx")
+    flops, _ = onnx_flops(onnx_path, dataset.window_length)
+    throughput = ort_throughput(
+        onnx_path, dataset.test_x[:THROUGHPUT_BATCH], seconds=args.timing_seconds
+    )
+    return {
+        "variant": variant,
+        "roc_auc": float(metrics["roc_auc"]),
+        "pr_auc": float(metrics["pr_auc"]),
+        "recall": float(metrics["recall"]),
+        "false_alarm_rate": float(metrics["false_alarm_rate"]),
+        "threshold": float(metrics["threshold"]),
+        "parameters": int(record["parameters"]),
+        "mflop_per_window": flops / 1e6,
+        "ort_cpu_windows_per_s": throughput,
+        "epochs_run": int(record["epochs_run"]),
+        "fit_s": float(record["train_seconds"]),
+        "config": record["config"],
+        "run_dir": str(run_dir),
+        "onnx": str(onnx_path),
+        "per_class": metrics.get("per_class"),
+    }
+
+
+def run_compare(args: argparse.Namespace) -> dict[str, Any]:
+    variants = parse_variants(args.variants, list(MODELS))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, args.threads))
+    dataset = load_dataset(args.data, protocol=args.protocol, seed=args.seed)
+    started = time.perf_counter()
+    rows = []
+    for i, variant in enumerate(variants, 1):
+        print(f"[compare {i}/{len(variants)}] {variant}", file=sys.stderr)
+        row = compare_variant(variant, dataset, out, args)
+        print(
+            f"[compare {i}/{len(variants)}] {variant}: ROC AUC {row['roc_auc']:.4f}, "
+            f"recall {row['recall']:.3f} at false alarms {row['false_alarm_rate']:.3f}, "
+            f"{row['ort_cpu_windows_per_s']:,.0f} windows/s",
+            file=sys.stderr,
+        )
+        rows.append(row)
+    report = {
+        "data": args.data,
+        "dataset": {
+            "name": dataset.name,
+            "sha256": dataset.sha256,
+            "protocol": dataset.protocol,
+            "seed": dataset.seed,
+            "train": int(dataset.train.shape[0]),
+            "val": int(dataset.val.shape[0]),
+            "test": int(dataset.test_x.shape[0]),
+            "test_anomalies": int(dataset.test_is_anomaly.sum()),
+            "window_length": dataset.window_length,
+        },
+        "throughput": {"batch": THROUGHPUT_BATCH, "provider": "CPUExecutionProvider"},
+        "mflop": "2 x multiply-adds of MatMul/Gemm/LSTM nodes per window; element-wise not counted",
+        "host": platform.platform(),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "variants": rows,
+    }
+    (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+    ds = report["dataset"]
+    (out / "compare.md").write_text(
+        f"# Variant comparison on `{args.data}`\n\n"
+        f"Protocol {ds['protocol']}, seed {ds['seed']}: {ds['train']} normal train, "
+        f"{ds['val']} normal validation, {ds['test']} test windows "
+        f"({ds['test_anomalies']} anomalous). Threshold from normal validation scores. "
+        f"Throughput: ONNX Runtime CPU, batch {THROUGHPUT_BATCH}.\n\n" + markdown_table(rows)
+    )
+    return report
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="data spec: ucr:PATH or synthetic[:N]")
+    parser.add_argument("--variants", default="all", help="all, or comma-separated variant names")
+    parser.add_argument("--out", required=True, type=Path, help="report folder")
+    parser.add_argument("--epochs", type=int, default=None, help="override each variant's epochs")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--latent-dim", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--fpr", type=float, default=None, help="false-alarm budget (0.01)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split and the training")
+    parser.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--timing-seconds", type=float, default=2.0, help="length of each throughput loop"
+    )
+    parser.add_argument("--protocol", default="auto", choices=("auto", "seed", "ucr"))
+
+
+def main(args: argparse.Namespace) -> int:
+    report = run_compare(args)
+    print(json.dumps({"out": str(args.out), "wall_s": report["wall_s"]}))
+    return 0
