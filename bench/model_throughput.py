@@ -1,0 +1,282 @@
+"""Model-only throughput: ONNX Runtime CPU per variant x batch x threads x graph optimisation.
+
+    python bench/model_throughput.py                 # train+export every variant briefly, measure
+    python bench/model_throughput.py --models a.onnx b.onnx
+    python bench/model_throughput.py --quick --json /tmp/tp.json
+
+Prints Markdown tables (windows/s, ms/batch, MFLOP/window, GFLOP/s) and the ratio against
+the seed's one-window-at-a-time torch loop for the LSTM, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import onnx
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    beats,
+    command_line,
+    fmt,
+    machine,
+    markdown_table,
+    mflop_per_window,
+    model_metadata,
+    now_utc,
+    ort_session,
+    prepare_models,
+    seed_predict_rate,
+    time_call,
+    update_section,
+    window_length,
+)
+
+VARIANTS = ("dense", "sparse-l1", "sparse-kl", "contractive", "denoising", "vae", "lstm")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured configuration."""
+
+    variant: str
+    model: str
+    opt: str
+    threads: int
+    batch: int
+    ms_per_batch: float
+    windows_s: float
+    mflop_window: float
+    gflop_s: float
+    vs_baseline: float
+
+
+def lstm_embedding(model: Path) -> int | None:
+    """E of the seed-style LSTM autoencoder: half the first LSTM's hidden size."""
+    graph = onnx.load(str(model), load_external_data=False).graph
+    attrs = [a for n in graph.node if n.op_type == "LSTM" for a in n.attribute]
+    sizes = [int(a.i) for a in attrs if a.name == "hidden_size"]
+    return sizes[0] // 2 if sizes else None
+
+
+def measure(
+    models: dict[str, Path],
+    *,
+    batches: Sequence[int],
+    threads: Sequence[int],
+    opts: Sequence[str],
+    min_time_s: float,
+    baseline_rate: float,
+) -> list[Row]:
+    rows: list[Row] = []
+    for variant, path in models.items():
+        mflop = mflop_per_window(path)
+        for opt in opts:
+            for n_threads in threads:
+                sess = ort_session(path, threads=n_threads, opt=opt)
+                name = sess.get_inputs()[0].name
+                length = window_length(sess)
+                for batch in batches:
+                    x = beats(batch, length, seed=batch)
+                    t = time_call(partial(sess.run, None, {name: x}), min_time_s=min_time_s)
+                    rate = batch / t.median_s
+                    rows.append(
+                        Row(
+                            variant=variant,
+                            model=str(path),
+                            opt=opt,
+                            threads=n_threads,
+                            batch=batch,
+                            ms_per_batch=t.median_s * 1e3,
+                            windows_s=rate,
+                            mflop_window=mflop,
+                            gflop_s=rate * mflop / 1e3,
+                            vs_baseline=rate / baseline_rate,
+                        )
+                    )
+                    print(
+                        f"  {variant:12s} opt={opt:5s} threads={n_threads} batch={batch:4d}: "
+                        f"{rate:10.1f} windows/s",
+                        file=sys.stderr,
+                    )
+    return rows
+
+
+def tables(rows: list[Row], baseline_rate: float, baseline_e: int, baseline_n: int) -> str:
+    """Summary (best configuration per variant) and the full grid, as Markdown."""
+    out: list[str] = []
+    best: dict[str, Row] = {}
+    for r in rows:
+        if r.variant not in best or r.windows_s > best[r.variant].windows_s:
+            best[r.variant] = r
+    out.append(
+        markdown_table(
+            [
+                "variant",
+                "MFLOP/window",
+                "best windows/s",
+                "at (batch, threads, opt)",
+                "GFLOP/s",
+                "× seed loop",
+            ],
+            [
+                [
+                    r.variant,
+                    fmt(r.mflop_window),
+                    fmt(r.windows_s),
+                    f"{r.batch}, {r.threads}, {r.opt}",
+                    fmt(r.gflop_s),
+                    fmt(r.vs_baseline),
+                ]
+                for r in best.values()
+            ]
+            + [
+                [
+                    f"seed loop (torch, LSTM E={baseline_e}, 1 window/call)",
+                    fmt(mflop_seed(baseline_e)),
+                    fmt(baseline_rate),
+                    f"1, torch default, n={baseline_n}",
+                    fmt(baseline_rate * mflop_seed(baseline_e) / 1e3),
+                    "1",
+                ]
+            ],
+        )
+    )
+    batches = sorted({r.batch for r in rows})
+    grid: dict[tuple[str, str, int], dict[int, Row]] = {}
+    for r in rows:
+        grid.setdefault((r.variant, r.opt, r.threads), {})[r.batch] = r
+    out.append("")
+    out.append("windows/s (ms per batch) by batch size:")
+    out.append("")
+    out.append(
+        markdown_table(
+            ["variant", "opt", "threads", *[f"batch {b}" for b in batches]],
+            [
+                [
+                    v,
+                    o,
+                    t,
+                    *[
+                        f"{fmt(cells[b].windows_s)} ({fmt(cells[b].ms_per_batch)} ms)"
+                        if b in cells
+                        else "–"
+                        for b in batches
+                    ],
+                ]
+                for (v, o, t), cells in grid.items()
+            ],
+        )
+    )
+    return "\n".join(out)
+
+
+def mflop_seed(e: int, length: int = 140) -> float:
+    """MFLOP per window of the seed's LSTM autoencoder with embedding E."""
+    macs = 4 * 2 * e * (1 + 2 * e) + 4 * e * (3 * e) + 4 * e * (2 * e) + 4 * 2 * e * (3 * e)
+    return 2.0 * length * (macs + 2 * e) / 1e6
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", nargs="+", type=Path, help="exported .onnx files (skip training)")
+    p.add_argument("--variants", default="all", help="comma list or 'all' (when training)")
+    p.add_argument("--data", default="synthetic:2000", help="data spec for the brief training")
+    p.add_argument("--epochs", type=int, default=2, help="epochs of the brief training")
+    p.add_argument("--batches", type=parse_ints, default=[1, 8, 64, 256])
+    p.add_argument("--threads", type=parse_ints, default=[1, 2])
+    p.add_argument("--opts", default="basic,all", help="ORT graph optimisation levels")
+    p.add_argument("--min-time", type=float, default=0.4, help="seconds timed per config")
+    p.add_argument("--baseline-windows", type=int, default=150)
+    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
+    p.add_argument("--json", type=Path, help="write rows and metadata as JSON")
+    p.add_argument("--benchmarks", type=Path, help="update this file's throughput section")
+    p.add_argument("--workdir", type=Path, help="keep trained runs and .onnx files here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    opts = [o for o in args.opts.split(",") if o]
+    variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    if args.quick:
+        args.batches, args.threads, opts = [1, 64], [1], ["all"]
+        args.min_time, args.baseline_windows, args.epochs = 0.05, 10, 1
+        if args.variants == "all":
+            variants = ["dense", "lstm"]
+        args.data = "synthetic:300"
+    with tempfile.TemporaryDirectory(prefix="ecg-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        if args.models:
+            models: dict[str, Path] = {}
+            for path in args.models:
+                meta = model_metadata(ort_session(path, threads=1))
+                name = meta.get("ecg.variant", path.stem)
+                models[name if name not in models else path.stem] = path
+        else:
+            print(f"training {', '.join(variants)} briefly on {args.data} ...", file=sys.stderr)
+            models = prepare_models(
+                variants,
+                workdir,
+                data_spec=args.data,
+                epochs=args.epochs,
+                latent_dims={"lstm": 16} if args.quick else None,
+            )
+        lstm = [lstm_embedding(p) for p in models.values()]
+        base_e = next((e for e in lstm if e), 128)
+        print(f"baseline: seed loop, LSTM E={base_e} ...", file=sys.stderr)
+        baseline = seed_predict_rate(beats(args.baseline_windows), base_e)
+        rows = measure(
+            models,
+            batches=args.batches,
+            threads=args.threads,
+            opts=opts,
+            min_time_s=args.min_time,
+            baseline_rate=baseline,
+        )
+    text = tables(rows, baseline, base_e, args.baseline_windows)
+    header = (
+        f"Model-only throughput, ONNX Runtime CPU ({now_utc()}).\n"
+        f"Machine: {machine()}; torch threads for the seed loop: {torch.get_num_threads()}.\n"
+        f"Command: `{command_line()}`\n"
+    )
+    print(header)
+    print(text)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "date": now_utc(),
+                    "command": command_line(),
+                    "baseline": {
+                        "what": "seed predict loop, torch, one window per call",
+                        "embedding": base_e,
+                        "windows": args.baseline_windows,
+                        "windows_s": baseline,
+                    },
+                    "rows": [asdict(r) for r in rows],
+                },
+                indent=2,
+            )
+        )
+    if args.benchmarks:
+        update_section(args.benchmarks, "throughput", header + "\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
