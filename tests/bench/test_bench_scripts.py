@@ -1,0 +1,134 @@
+"""Each bench script runs end to end with tiny settings and writes what it promises.
+
+Smoke tests only: timings are printed, never asserted (goals live in BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.common import mflop_per_window, prepare_models, update_section
+from bench.model_throughput import mflop_seed
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str | Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *(str(a) for a in args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny LSTM (E=8), fitted one epoch and exported by the training package."""
+    return prepare_models(
+        ["lstm"],
+        tmp_path_factory.mktemp("bench-models"),
+        data_spec="synthetic:200",
+        epochs=1,
+        latent_dims={"lstm": 8},
+    )
+
+
+def test_model_throughput_quick_writes_table_json_and_section(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    out, bench_md = tmp_path / "tp.json", tmp_path / "BENCHMARKS.md"
+    bench_md.write_text("# Benchmarks\n\nkept text\n")
+    proc = _run(
+        "bench/model_throughput.py",
+        "--quick",
+        "--models",
+        models["lstm"],
+        "--json",
+        out,
+        "--benchmarks",
+        bench_md,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| variant | MFLOP/window |" in proc.stdout
+    result = json.loads(out.read_text())
+    assert {r["variant"] for r in result["rows"]} == {"lstm"}
+    baseline = result["baseline"]["windows_s"]
+    assert result["baseline"]["embedding"] == 8  # the LSTM under test, not the seed's 128
+    for row in result["rows"]:
+        assert row["windows_s"] > 0
+        assert row["vs_baseline"] == pytest.approx(row["windows_s"] / baseline)
+    text = bench_md.read_text()
+    assert "kept text" in text and text.count("<!-- throughput:begin -->") == 1
+
+
+def test_seed_lstm_flop_formula_matches_the_onnx_count(models: dict[str, Path]) -> None:
+    assert mflop_per_window(models["lstm"]) == pytest.approx(mflop_seed(8), rel=1e-3)
+    assert mflop_seed(128) == pytest.approx(275.6, abs=0.1)  # the issue's 276 MFLOP
+
+
+def test_train_time_quick_reports_epochs_and_baseline(tmp_path: Path) -> None:
+    out = tmp_path / "tt.json"
+    proc = _run("bench/train_time.py", "--quick", "--variants", "dense", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "extrapolated" in proc.stdout
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["variant"] == "dense" and row["epochs_run"] <= row["epochs_cap"] == 2
+    assert row["seconds_per_epoch"] > 0 and result["baseline"]["epoch_s_extrapolated"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_gpu_without_cuda_exits_2_with_a_reason(models: dict[str, Path]) -> None:
+    proc = _run("bench/gpu.py", "--model", models["lstm"])
+    assert proc.returncode == 2
+    assert "no usable CUDA device" in proc.stderr and "--cpu" in proc.stderr
+
+
+def test_gpu_dry_run_prints_the_plan() -> None:
+    proc = _run("bench/gpu.py", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["batches"][-1] == 32768 and "torch_cuda" in plan["environment"]
+
+
+def test_gpu_cpu_smoke_times_ort_and_trained_torch_model_and_replaces_section(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    out, bench_md = tmp_path / "gpu.json", tmp_path / "BENCHMARKS.md"
+    bench_md.write_text("<!-- gpu:begin -->\nold\n<!-- gpu:end -->\n")
+    run_dir = models["lstm"].parent / "lstm"  # where prepare_models fitted it
+    proc = _run(
+        "bench/gpu.py", "--cpu", "--quick", "--model", models["lstm"], "--run", run_dir,
+        "--batches", "16,32", "--precisions", "fp32,bf16", "--data", "synthetic:300",
+        "--json", out, "--benchmarks", bench_md,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"trained weights from {run_dir}" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["precision"] for r in rows} == {"fp32", "bf16"}
+    assert any(r["backend"].startswith("onnxruntime") for r in rows)
+    fp32 = [r for r in rows if r["backend"].startswith("torch") and r["precision"] == "fp32"]
+    assert fp32 and all(r["windows_s"] > 0 and r["max_rel_score_err"] == 0 for r in fp32)
+    assert all(0.0 <= r["roc_auc"] <= 1.0 for r in rows if r["roc_auc"] is not None)
+    text = bench_md.read_text()
+    assert "old" not in text and text.count("<!-- gpu:end -->") == 1
+
+
+def test_update_section_replaces_between_markers_only(tmp_path: Path) -> None:
+    path = tmp_path / "B.md"
+    path.write_text("intro\n<!-- x:begin -->\nold\n<!-- x:end -->\noutro\n")
+    update_section(path, "x", "new")
+    update_section(path, "y", "other")
+    assert path.read_text() == (
+        "intro\n<!-- x:begin -->\nnew\n<!-- x:end -->\noutro\n\n"
+        "<!-- y:begin -->\nother\n<!-- y:end -->\n"
+    )
