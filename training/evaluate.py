@@ -179,7 +179,7 @@ def evaluate_scores(
 
 
 def evaluate_run(
-    run_dir: Path, dataset: Dataset, *, plots_dir: Path | None = None
+    run_dir: Path, dataset: Dataset, *, plots_dir: Path | None = None, plots: bool = True
 ) -> dict[str, Any]:
     """Score the test split with a run's detector; write metrics.json and plots into the run."""
     from training.detector import Detector  # noqa: PLC0415 (torch only when needed)
@@ -195,7 +195,7 @@ def evaluate_run(
         scores,
         recon,
         detector.threshold,
-        plots_dir=plots_dir or run_dir / "plots",
+        plots_dir=(plots_dir or run_dir / "plots") if plots else None,
         history=history,
     )
     metrics["variant"] = detector.model.variant

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import random
 import time
 import tomllib
@@ -97,8 +96,10 @@ def _mean_val_loss(model: Autoencoder, x: torch.Tensor, batch: int = 512) -> flo
     return total / x.shape[0]
 
 
-def fit(cfg: FitConfig, dataset: Dataset, out: Path, *, progress: bool = True) -> Path:
-    """Train, calibrate and evaluate; return the run directory."""
+def fit(
+    cfg: FitConfig, dataset: Dataset, out: Path, *, progress: bool = True, plots: bool = True
+) -> Path:
+    """Train, calibrate, evaluate (metrics.json; plots/ unless plots=False); return the run dir."""
     _seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model = build_model(
@@ -168,7 +169,7 @@ def fit(cfg: FitConfig, dataset: Dataset, out: Path, *, progress: bool = True) -
     (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "history.json").write_text(json.dumps(history) + "\n")
     (out / CALIBRATION).write_text(json.dumps(calibration.to_json(), indent=2) + "\n")
-    evaluate_run(out, dataset)
+    evaluate_run(out, dataset, plots=plots)
     return out
 
 
@@ -212,10 +213,10 @@ def read_recipe(path: Path) -> dict[str, Any]:
 
 
 def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """One intra-op thread: these models are many small ops (the LSTM steps 140 times), so
+    a second thread gains little, and with the cores shared OpenMP spin-waiting made an
+    LSTM step up to 20x slower here. `--threads N` (at most the cores you have) changes it."""
+    return 1
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -241,6 +242,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
 def config_from_args(args: argparse.Namespace) -> FitConfig:
@@ -267,7 +269,7 @@ def main(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / (
         f"{cfg.variant}-{dataset.name.lower()}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
     )
-    run_dir = fit(cfg, dataset, out, progress=not args.quiet)
+    run_dir = fit(cfg, dataset, out, progress=not args.quiet, plots=not args.no_plots)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     print(
         f"{run_dir}: roc_auc={metrics['roc_auc']:.4f} recall={metrics['recall']:.4f} "

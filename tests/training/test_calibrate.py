@@ -1,0 +1,46 @@
+"""Threshold calibration: the (1 − fpr) quantile of normal scores, recorded with its numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.calibrate import Calibration, calibrate
+from training.errors import TrainingError
+
+
+def test_threshold_is_the_1_minus_fpr_quantile_rounded_up_to_an_observed_score() -> None:
+    scores = np.arange(1, 1001, dtype=np.float64)  # 1..1000
+    cal = calibrate(scores, fpr=0.01)
+    assert cal.threshold == 991.0  # ceil(0.99 * 999) -> index 990 -> score 991
+    assert cal.quantile == pytest.approx(0.99) and cal.n == 1000 and cal.fpr == 0.01
+    assert (scores > cal.threshold).mean() <= 0.01
+    assert calibrate(scores, fpr=0.1).threshold == 901.0
+
+
+def test_few_scores_give_their_maximum_and_say_so() -> None:
+    cal = calibrate(np.array([3.0, 1.0, 2.0]), fpr=0.01)
+    assert cal.threshold == 3.0
+    assert "maximum" in cal.to_json()["note"]
+    assert "note" not in calibrate(np.arange(200.0), fpr=0.01).to_json()
+
+
+def test_json_round_trip() -> None:
+    cal = calibrate(np.linspace(0, 1, 50), fpr=0.05)
+    data = cal.to_json()
+    assert data["method"] == "normal_quantile"
+    assert Calibration.from_json(data) == cal
+
+
+@pytest.mark.parametrize(
+    ("scores", "fpr"),
+    [
+        (np.array([]), 0.01),
+        (np.array([1.0, np.nan]), 0.01),
+        (np.array([1.0]), 0.0),
+        (np.array([1.0]), 1.0),
+    ],
+)
+def test_bad_inputs(scores: np.ndarray, fpr: float) -> None:
+    with pytest.raises(TrainingError):
+        calibrate(scores, fpr)
