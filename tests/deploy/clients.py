@@ -120,6 +120,13 @@ class BrokerClient:
         assert self.wait(lambda: all(m in self.pubacks for m in mids), timeout), "missing PUBACKs"
         assert {self.pubacks[m] for m in mids} <= {"Success", "No matching subscribers"}
 
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1) -> int:
+        """Queue a publish (paho keeps QoS 1 messages across reconnects); returns its mid."""
+        return int(self._client.publish(topic, payload, qos=qos).mid)
+
+    def wait_acked(self, mids: list[int], timeout: float = 60.0) -> bool:
+        return self.wait(lambda: all(m in self.pubacks for m in mids), timeout)
+
     def received(self, topic: str | None = None) -> list[bytes]:
         with self._cond:
             return [p for t, p in self.messages if topic is None or t == topic]
