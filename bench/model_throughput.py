@@ -4,8 +4,10 @@
     python bench/model_throughput.py --models a.onnx b.onnx
     python bench/model_throughput.py --quick --json /tmp/tp.json
 
-Prints Markdown tables (windows/s, ms/batch, MFLOP/window, GFLOP/s) and the ratio against
-the seed's one-window-at-a-time torch loop for the LSTM, measured in the same run.
+Prints Markdown tables (windows/s, ms/batch, MFLOP/window, GFLOP/s, % of a plain ORT GEMM's
+GFLOP/s at the same thread count) and the ratio against the seed's one-window-at-a-time
+torch loop for the LSTM, measured in the same run. `--int8` adds each model's dynamic int8
+quantisation (training/quantize.py) as an extra row set.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -40,6 +44,7 @@ from bench.common import (
     update_section,
     window_length,
 )
+from training.quantize import quantize_int8
 
 VARIANTS = ("dense", "sparse-l1", "sparse-kl", "contractive", "denoising", "vae", "lstm")
 
@@ -57,6 +62,7 @@ class Row:
     windows_s: float
     mflop_window: float
     gflop_s: float
+    pct_gemm_peak: float
     vs_baseline: float
 
 
@@ -68,9 +74,31 @@ def lstm_embedding(model: Path) -> int | None:
     return sizes[0] // 2 if sizes else None
 
 
+def gemm_gflops(threads: int, min_time_s: float) -> float:
+    """GFLOP/s of one cache-resident ORT fp32 MatMul (256x256 @ 256x256): the practical peak."""
+    m, k, n = 256, 256, 256
+    w = helper.make_tensor(
+        "w", TensorProto.FLOAT, (k, n), np.random.default_rng(0).random((k, n), np.float32)
+    )
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, (m, k))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (m, n))],
+        initializer=[w],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 9
+    sess = ort_session(proto.SerializeToString(), threads=threads)
+    x = np.random.default_rng(1).random((m, k), np.float32)
+    t = time_call(partial(sess.run, None, {"x": x}), min_time_s=min_time_s)
+    return 2.0 * m * k * n / t.median_s / 1e9
+
+
 def measure(
     models: dict[str, Path],
     *,
+    mflops: dict[str, float],
     batches: Sequence[int],
     threads: Sequence[int],
     opts: Sequence[str],
@@ -78,8 +106,10 @@ def measure(
     baseline_rate: float,
 ) -> list[Row]:
     rows: list[Row] = []
+    peak = {n: gemm_gflops(n, min_time_s) for n in threads}
+    print(f"  ORT GEMM GFLOP/s by threads: {peak}", file=sys.stderr)
     for variant, path in models.items():
-        mflop = mflop_per_window(path)
+        mflop = mflops[variant]
         for opt in opts:
             for n_threads in threads:
                 sess = ort_session(path, threads=n_threads, opt=opt)
@@ -100,6 +130,7 @@ def measure(
                             windows_s=rate,
                             mflop_window=mflop,
                             gflop_s=rate * mflop / 1e3,
+                            pct_gemm_peak=100.0 * rate * mflop / 1e3 / peak[n_threads],
                             vs_baseline=rate / baseline_rate,
                         )
                     )
@@ -126,6 +157,7 @@ def tables(rows: list[Row], baseline_rate: float, baseline_e: int, baseline_n: i
                 "best windows/s",
                 "at (batch, threads, opt)",
                 "GFLOP/s",
+                "% of GEMM peak",
                 "× seed loop",
             ],
             [
@@ -135,6 +167,7 @@ def tables(rows: list[Row], baseline_rate: float, baseline_e: int, baseline_n: i
                     fmt(r.windows_s),
                     f"{r.batch}, {r.threads}, {r.opt}",
                     fmt(r.gflop_s),
+                    f"{r.pct_gemm_peak:.0f} %",
                     fmt(r.vs_baseline),
                 ]
                 for r in best.values()
@@ -146,6 +179,7 @@ def tables(rows: list[Row], baseline_rate: float, baseline_e: int, baseline_n: i
                     fmt(baseline_rate),
                     f"1, torch default, n={baseline_n}",
                     fmt(baseline_rate * mflop_seed(baseline_e) / 1e3),
+                    "–",
                     "1",
                 ]
             ],
@@ -180,6 +214,11 @@ def tables(rows: list[Row], baseline_rate: float, baseline_e: int, baseline_n: i
     return "\n".join(out)
 
 
+def peaks(rows: list[Row]) -> dict[int, float]:
+    """GEMM GFLOP/s per thread count, recovered from the rows' percentages."""
+    return {r.threads: r.gflop_s * 100.0 / r.pct_gemm_peak for r in rows if r.pct_gemm_peak}
+
+
 def mflop_seed(e: int, length: int = 140) -> float:
     """MFLOP per window of the seed's LSTM autoencoder with embedding E."""
     macs = 4 * 2 * e * (1 + 2 * e) + 4 * e * (3 * e) + 4 * e * (2 * e) + 4 * 2 * e * (3 * e)
@@ -194,13 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", nargs="+", type=Path, help="exported .onnx files (skip training)")
     p.add_argument("--variants", default="all", help="comma list or 'all' (when training)")
-    p.add_argument("--data", default="synthetic:2000", help="data spec for the brief training")
-    p.add_argument("--epochs", type=int, default=2, help="epochs of the brief training")
+    p.add_argument("--data", default="synthetic:500", help="data spec for the brief training")
+    p.add_argument("--epochs", type=int, default=1, help="epochs (weights do not change speed)")
     p.add_argument("--batches", type=parse_ints, default=[1, 8, 64, 256])
     p.add_argument("--threads", type=parse_ints, default=[1, 2])
     p.add_argument("--opts", default="basic,all", help="ORT graph optimisation levels")
     p.add_argument("--min-time", type=float, default=0.4, help="seconds timed per config")
     p.add_argument("--baseline-windows", type=int, default=150)
+    p.add_argument("--int8", action="store_true", help="also time each model's int8 version")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     p.add_argument("--json", type=Path, help="write rows and metadata as JSON")
     p.add_argument("--benchmarks", type=Path, help="update this file's throughput section")
@@ -235,12 +275,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 epochs=args.epochs,
                 latent_dims={"lstm": 16} if args.quick else None,
             )
+        mflops = {name: mflop_per_window(path) for name, path in models.items()}
+        if args.int8:  # same multiply-adds, done in int8: count them as the fp32 model's
+            for name, path in list(models.items()):
+                models[f"{name} int8"] = workdir / f"{path.stem}.int8.onnx"
+                quantize_int8(path, models[f"{name} int8"])
+                mflops[f"{name} int8"] = mflops[name]
         lstm = [lstm_embedding(p) for p in models.values()]
         base_e = next((e for e in lstm if e), 128)
         print(f"baseline: seed loop, LSTM E={base_e} ...", file=sys.stderr)
         baseline = seed_predict_rate(beats(args.baseline_windows), base_e)
         rows = measure(
             models,
+            mflops=mflops,
             batches=args.batches,
             threads=args.threads,
             opts=opts,
@@ -252,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Model-only throughput, ONNX Runtime CPU ({now_utc()}).\n"
         f"Machine: {machine()}; torch threads for the seed loop: {torch.get_num_threads()}.\n"
         f"Command: `{command_line()}`\n"
+        f"GEMM peak: one ORT fp32 MatMul 256x256x256 at the same thread count, same run: "
+        f"{', '.join(f'{fmt(v)} GFLOP/s ({k} threads)' for k, v in peaks(rows).items())}.\n"
     )
     print(header)
     print(text)

@@ -50,6 +50,7 @@ def test_model_throughput_quick_writes_table_json_and_section(
     proc = _run(
         "bench/model_throughput.py",
         "--quick",
+        "--int8",
         "--models",
         models["lstm"],
         "--json",
@@ -60,7 +61,7 @@ def test_model_throughput_quick_writes_table_json_and_section(
     assert proc.returncode == 0, proc.stderr
     assert "| variant | MFLOP/window |" in proc.stdout
     result = json.loads(out.read_text())
-    assert {r["variant"] for r in result["rows"]} == {"lstm"}
+    assert {r["variant"] for r in result["rows"]} == {"lstm", "lstm int8"}
     baseline = result["baseline"]["windows_s"]
     assert result["baseline"]["embedding"] == 8  # the LSTM under test, not the seed's 128
     for row in result["rows"]:
