@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-time", type=float, default=0.4, help="seconds timed per config")
     p.add_argument("--baseline-windows", type=int, default=150)
     p.add_argument("--int8", action="store_true", help="also time each model's int8 version")
+    p.add_argument("--torch-threads", type=int, help="torch threads (default: torch's own)")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     p.add_argument("--json", type=Path, help="write rows and metadata as JSON")
     p.add_argument("--benchmarks", type=Path, help="update this file's throughput section")
@@ -250,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     opts = [o for o in args.opts.split(",") if o]
     variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     if args.quick:

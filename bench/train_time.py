@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lstm-max-epochs", type=int, default=12, help="epoch cap, lstm")
     p.add_argument("--baseline-windows", type=int, default=120, help="windows timed, seed loop")
     p.add_argument("--baseline-embedding", type=int, help="seed LSTM E (default: lstm recipe's)")
+    p.add_argument("--torch-threads", type=int, help="torch threads (default: torch's own)")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     p.add_argument("--json", type=Path)
     p.add_argument("--benchmarks", type=Path, help="update this file's train-time section")
@@ -116,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.train import FitConfig  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     if args.quick:
         args.max_epochs, args.lstm_max_epochs, args.baseline_windows = 2, 1, 8
