@@ -9,7 +9,7 @@ import gzip
 import hashlib
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,6 @@ class Dataset:
     class_names: dict[int, str]
     normal_classes: tuple[int, ...] = (NORMAL_CLASS,)
     preprocess: str = "zscore"
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def window_length(self) -> int:
