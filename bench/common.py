@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,27 @@ def seed_lstm(length: int = 140, embedding: int = 128) -> nn.Module:
 
     torch.manual_seed(0)
     return RecurrentAutoencoder()
+
+
+def with_threads(n: int, fn: Callable[[], float]) -> float:
+    """Run `fn` with torch using `n` intra-op threads, then restore the previous setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+def best_seed_rate(fn: Callable[[int], float], threads: Sequence[int]) -> tuple[float, int]:
+    """The seed loop's best windows/s over torch thread counts, and the count that gave it.
+
+    Taking its best case keeps the ratios against it conservative: on a shared 2-core box
+    torch's default 2 OpenMP threads can be many times slower than 1.
+    """
+    rates = {n: with_threads(n, partial(fn, n)) for n in dict.fromkeys(threads)}
+    best = max(rates, key=lambda n: rates[n])
+    return rates[best], best
 
 
 def seed_predict_rate(windows: np.ndarray, embedding: int = 128) -> float:

@@ -441,8 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     batches = [int(b) for b in args.batches.split(",")] if args.batches else list(default)
     if args.quick:
         batches, args.min_time = batches[:2], 0.05
-        if args.cpu:
+        if args.cpu:  # smoke run on a possibly shared CPU: one torch thread, small model
             args.latent_dim = min(args.latent_dim, 8)
+            torch.set_num_threads(1)
     plan = {
         "device": device,
         "batches": batches,

@@ -4,9 +4,9 @@
     python bench/train_time.py --data ucr:../shared/data/ECG5000/ECG5000_TRAIN.arff
     python bench/train_time.py --quick
 
-Each variant is fitted with its recipe (`ecg-train fit` defaults: Adam, batch, early stopping)
-but with the epoch caps below, so the whole run fits in a few minutes on 2 cores; the table
-says whether early stopping ended a run or the cap did. The baseline is the seed's loop
+Each variant is fitted with its recipe (`ecg-train fit` defaults: Adam, batch, epochs, early
+stopping, one torch thread); --max-epochs/--lstm-max-epochs cap the epochs, and the table says
+whether early stopping ended a run or the epoch limit did. The baseline is the seed's loop
 (one window per Adam step, then one window per validation call), timed on a few hundred
 windows in the same run and extrapolated to this data's train + validation size.
 """
@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    best_seed_rate,
     command_line,
     fmt,
     machine,
@@ -63,7 +63,7 @@ def fit_variant(
     dataset: Dataset,
     workdir: Path,
     *,
-    epochs_cap: int,
+    epochs_cap: int | None,
     baseline_epoch_s: float,
     latent_dim: int | None = None,
 ) -> Row:
@@ -72,7 +72,10 @@ def fit_variant(
 
     recipe = FitConfig.for_variant(variant)
     cfg = FitConfig.for_variant(
-        variant, epochs=min(recipe.epochs, epochs_cap), device="cpu", latent_dim=latent_dim
+        variant,
+        epochs=min(recipe.epochs, epochs_cap or recipe.epochs),
+        device="cpu",
+        latent_dim=latent_dim,
     )
     run_dir = fit(cfg, dataset, workdir / variant, progress=False)
     record = json.loads((run_dir / "config.json").read_text())
@@ -101,11 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", default="synthetic:500", help="data spec (synthetic[:N], ucr:PATH)")
     p.add_argument("--variants", default="all", help="comma list or 'all'")
-    p.add_argument("--max-epochs", type=int, default=40, help="epoch cap, dense family")
-    p.add_argument("--lstm-max-epochs", type=int, default=12, help="epoch cap, lstm")
+    p.add_argument("--max-epochs", type=int, help="epoch cap, dense family (default: recipe)")
+    p.add_argument("--lstm-max-epochs", type=int, help="epoch cap, lstm (default: recipe)")
     p.add_argument("--baseline-windows", type=int, default=120, help="windows timed, seed loop")
     p.add_argument("--baseline-embedding", type=int, help="seed LSTM E (default: lstm recipe's)")
-    p.add_argument("--torch-threads", type=int, help="torch threads (default: torch's own)")
+    p.add_argument("--torch-threads", type=int, help="torch threads (default: ecg-train fit's, 1)")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     p.add_argument("--json", type=Path)
     p.add_argument("--benchmarks", type=Path, help="update this file's train-time section")
@@ -114,11 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from training.train import FitConfig  # noqa: PLC0415
+    from training.train import FitConfig, default_threads  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
+    default_torch_threads = torch.get_num_threads()
+    # `ecg-train fit` runs torch on default_threads() (1); time the trainer the same way.
+    torch.set_num_threads(args.torch_threads or default_threads())
     variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     if args.quick:
         args.max_epochs, args.lstm_max_epochs, args.baseline_windows = 2, 1, 8
@@ -132,16 +136,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         base_e = min(base_e, 16)
     print(f"baseline: seed loop, LSTM E={base_e}, {args.baseline_windows} windows", file=sys.stderr)
-    t0 = time.perf_counter()
-    train_rate, val_rate = seed_train_rate(dataset.train[: args.baseline_windows], base_e)
-    baseline_s = time.perf_counter() - t0
+    seed_windows = dataset.train[: args.baseline_windows]
+    rates: dict[int, tuple[float, float]] = {}
+
+    def seed_epoch_seconds(n: int) -> float:
+        rates[n] = seed_train_rate(seed_windows, base_e)
+        return -(n_train / rates[n][0] + n_val / rates[n][1])  # best = shortest epoch
+
+    _, seed_threads = best_seed_rate(seed_epoch_seconds, (1, default_torch_threads))
+    train_rate, val_rate = rates[seed_threads]
     seed_epoch_s = n_train / train_rate + n_val / val_rate
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="ecg-train-time-") as tmp:
         workdir = args.workdir or Path(tmp)
         for variant in variants:
             cap = args.lstm_max_epochs if variant == "lstm" else args.max_epochs
-            print(f"fit {variant} (cap {cap} epochs) ...", file=sys.stderr)
+            print(f"fit {variant} (cap {cap or 'recipe'} epochs) ...", file=sys.stderr)
             latent = min(base_e, 16) if args.quick and variant == "lstm" else None
             rows.append(
                 fit_variant(
@@ -158,12 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"windows, CPU, torch threads {torch.get_num_threads()}.\n"
         f"Machine: {machine()}.\nCommand: `{command_line()}`\n\n"
         f"Baseline: the seed's loop (LSTM E={base_e}, one window per Adam step, one per "
-        f"validation call) timed on {min(args.baseline_windows, n_train)} windows "
-        f"({baseline_s:.1f} s) and **extrapolated** to {n_train} + {n_val} windows: "
+        f"validation call; best of torch threads 1 and {default_torch_threads}: {seed_threads} "
+        f"won) timed on {min(args.baseline_windows, n_train)} windows "
+        f"and **extrapolated** to {n_train} + {n_val} windows: "
         f"{seed_epoch_s:.1f} s per epoch, {SEED_EPOCHS} epochs = "
         f"{seed_epoch_s * SEED_EPOCHS / 60:.1f} min.\n"
-        "Time to best = seconds per epoch x best epoch; 'cap' means the epoch cap ended the "
-        "run before early stopping did.\n"
+        "Time to best = seconds per epoch x best epoch; 'cap N': the run reached its epoch "
+        "limit N before early stopping ended it.\n"
     )
     table = markdown_table(
         [
@@ -223,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "train_windows_s": train_rate,
                         "val_windows_s": val_rate,
                         "epoch_s_extrapolated": seed_epoch_s,
+                        "torch_threads": seed_threads,
                     },
                     "rows": [asdict(r) for r in rows],
                 },

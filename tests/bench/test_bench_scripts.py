@@ -33,13 +33,18 @@ def _run(*args: str | Path, timeout: float = 240) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny LSTM (E=8), fitted one epoch and exported by the training package."""
-    return prepare_models(
-        ["lstm"],
-        tmp_path_factory.mktemp("bench-models"),
-        data_spec="synthetic:200",
-        epochs=1,
-        latent_dims={"lstm": 8},
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `ecg-train fit` does: small models, shared cores
+    try:
+        return prepare_models(
+            ["lstm"],
+            tmp_path_factory.mktemp("bench-models"),
+            data_spec="synthetic:200",
+            epochs=1,
+            latent_dims={"lstm": 8},
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_model_throughput_quick_writes_table_json_and_section(

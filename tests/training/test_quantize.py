@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 from training.data import load_dataset
 from training.errors import TrainingError
@@ -24,7 +25,12 @@ def fp32_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dense model trained briefly on synthetic beats and exported by `ecg-train export`."""
     tmp = tmp_path_factory.mktemp("quant")
     cfg = FitConfig.for_variant("dense", epochs=15, device="cpu", latent_dim=8)
-    run_dir = fit(cfg, load_dataset(DATA), tmp / "run", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `ecg-train fit` does: small models, shared cores
+    try:
+        run_dir = fit(cfg, load_dataset(DATA), tmp / "run", progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return export_run(run_dir, tmp / "dense.onnx")
 
 
