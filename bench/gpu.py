@@ -219,17 +219,27 @@ def bench_torch(
     eval_x: np.ndarray | None,
     eval_y: np.ndarray | None,
 ) -> list[Row]:
-    """torch reference: fp32, then bf16 and fp16 under autocast; errors vs fp32 scores."""
+    """torch reference: strict fp32, TF32, then bf16 and fp16 under autocast; errors vs fp32."""
     model, origin = load_torch_model(args, length)
     model = model.to(device).eval()
     dev = torch.device(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    precisions: dict[str, torch.dtype | None] = {"fp32": None}
-    for p in args.precisions.split(","):
-        if p == "bf16":
-            precisions["bf16"] = torch.bfloat16
-        elif p == "fp16":
-            precisions["fp16"] = torch.float16
+    # name -> (autocast dtype or None, TF32 allowed). "fp32" is strict fp32: cuDNN would
+    # otherwise run its RNNs and convolutions in TF32 by default.
+    modes = {
+        "fp32": (None, False),
+        "tf32": (None, True),
+        "bf16": (torch.bfloat16, False),
+        "fp16": (torch.float16, False),
+    }
+    wanted = ["fp32", *(p for p in args.precisions.split(",") if p in modes and p != "fp32")]
+    if device != "cuda" and "tf32" in wanted:
+        wanted.remove("tf32")  # no TF32 on CPU
+
+    def set_tf32(on: bool) -> None:
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+
     probe = torch.from_numpy(beats(min(batches), length)).to(dev)
 
     def run_both(x: torch.Tensor, dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,10 +253,13 @@ def bench_torch(
     def run(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         return run_both(x, dtype)[0]
 
+    set_tf32(False)
     ref = run(probe, None)
     rows: list[Row] = []
     label = f"torch {torch.__version__} {device.upper()}"
-    for precision, dtype in precisions.items():
+    for precision in wanted:
+        dtype, tf32 = modes[precision]
+        set_tf32(tf32)
         try:
             err = float(((run(probe, dtype) - ref).abs() / ref.abs().clamp_min(1e-6)).max())
         except RuntimeError as exc:
@@ -265,7 +278,7 @@ def bench_torch(
             )
             continue
         auc = None
-        if eval_x is not None and eval_y is not None:
+        if eval_x is not None and eval_y is not None and args.run:  # trained weights only
             xs = torch.from_numpy(eval_x).to(dev)
             scores = torch.cat([run(xs[i : i + 4096], dtype) for i in range(0, len(xs), 4096)])
             auc = _auc(scores.cpu().numpy(), eval_y)
@@ -421,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--length", type=int, default=140)
     p.add_argument("--batches", default=None, help="comma list (default 64..32768 on GPU)")
-    p.add_argument("--precisions", default="fp32,bf16,fp16")
+    p.add_argument("--precisions", default="fp32,tf32,bf16,fp16", help="fp32 always runs")
     p.add_argument("--min-time", type=float, default=0.5, help="seconds timed per config")
     p.add_argument("--streams", type=int, default=2, help="CUDA streams for 'in flight'")
     p.add_argument("--data", help="data spec for a ROC AUC column (e.g. synthetic:4000)")
