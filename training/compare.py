@@ -147,6 +147,8 @@ def parse_variants(text: str, known: list[str]) -> list[str]:
 
 
 def _fmt(value: Any, digits: int) -> str:
+    if value is None:
+        return "—"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
@@ -158,6 +160,7 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("pr_auc", "PR AUC", 4),
     ("recall", "recall @thr", 3),
     ("false_alarm_rate", "false alarms @thr", 3),
+    ("recall_at_1pct_fpr", "recall @1% FA", 3),
     ("threshold", "threshold", 2),
     ("parameters", "params", 0),
     ("mflop_per_window", "MFLOP/window", 3),
@@ -174,12 +177,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         cells = []
         for key, _, digits in COLUMNS:
-            value = row.get(key, "")
+            value = row.get(key)
             if key == "ort_cpu_windows_per_s" and isinstance(value, float):
                 cells.append(f"{value:,.0f}")
             else:
                 cells.append(_fmt(value, digits))
         lines.append("| " + " | ".join(cells) + " |")
+    failures = [f"- {row['variant']}: {row['error']}" for row in rows if "error" in row]
+    if failures:
+        lines += ["", "Failed:", *failures]
     return "\n".join(lines) + "\n"
 
 
@@ -189,38 +195,60 @@ def compare_variant(
     out: Path,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Fit one variant (which evaluates it on the held-out test), export it, measure its cost."""
-    cfg = FitConfig.for_variant(
-        variant,
-        **{key: getattr(args, key) for key in ("epochs", "batch_size", "latent_dim", "lr", "fpr")},
-        device=args.device,
-        seed=args.seed,
+    """Fit one variant (which evaluates it on the held-out test), export it, measure its cost.
+
+    A variant that fails (export parity, say) keeps what it measured and an `error`, so one
+    failure does not cost the other variants' results.
+    """
+    row: dict[str, Any] = {"variant": variant}
+    try:
+        cfg = FitConfig.for_variant(
+            variant,
+            **{k: getattr(args, k) for k in ("epochs", "batch_size", "latent_dim", "lr", "fpr")},
+            device=args.device,
+            seed=args.seed,
+        )
+        run_dir = fit(cfg, dataset, out / variant, progress=not args.quiet)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        record = json.loads((run_dir / "config.json").read_text())
+        row.update(
+            {
+                "roc_auc": float(metrics["roc_auc"]),
+                "pr_auc": float(metrics["pr_auc"]),
+                "recall": float(metrics["recall"]),
+                "false_alarm_rate": float(metrics["false_alarm_rate"]),
+                "recall_at_1pct_fpr": metrics.get("recall_at_1pct_fpr"),
+                "threshold": float(metrics["threshold"]),
+                "parameters": int(record["parameters"]),
+                "epochs_run": int(record["epochs_run"]),
+                "fit_s": float(record["train_seconds"]),
+                "config": record["config"],
+                "run_dir": str(run_dir),
+                "per_class": metrics.get("per_class"),
+            }
+        )
+        onnx_path = export_run(run_dir, run_dir / "model.onnx")
+        flops, _ = onnx_flops(onnx_path, dataset.window_length)
+        row["mflop_per_window"] = flops / 1e6
+        row["ort_cpu_windows_per_s"] = ort_throughput(
+            onnx_path, dataset.test_x[:THROUGHPUT_BATCH], seconds=args.timing_seconds
+        )
+        row["onnx"] = str(onnx_path)
+    except TrainingError as exc:
+        row["error"] = str(exc)
+    return row
+
+
+def _progress_line(row: dict[str, Any]) -> str:
+    if "error" in row and "roc_auc" not in row:
+        return f"{row['variant']}: FAILED: {row['error']}"
+    line = (
+        f"{row['variant']}: ROC AUC {row['roc_auc']:.4f}, recall {row['recall']:.3f} "
+        f"at false alarms {row['false_alarm_rate']:.3f}"
     )
-    run_dir = fit(cfg, dataset, out / variant, progress=not args.quiet)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    record = json.loads((run_dir / "config.json").read_text())
-    onnx_path = export_run(run_dir, run_dir / "model.onnx")
-    flops, _ = onnx_flops(onnx_path, dataset.window_length)
-    throughput = ort_throughput(
-        onnx_path, dataset.test_x[:THROUGHPUT_BATCH], seconds=args.timing_seconds
-    )
-    return {
-        "variant": variant,
-        "roc_auc": float(metrics["roc_auc"]),
-        "pr_auc": float(metrics["pr_auc"]),
-        "recall": float(metrics["recall"]),
-        "false_alarm_rate": float(metrics["false_alarm_rate"]),
-        "threshold": float(metrics["threshold"]),
-        "parameters": int(record["parameters"]),
-        "mflop_per_window": flops / 1e6,
-        "ort_cpu_windows_per_s": throughput,
-        "epochs_run": int(record["epochs_run"]),
-        "fit_s": float(record["train_seconds"]),
-        "config": record["config"],
-        "run_dir": str(run_dir),
-        "onnx": str(onnx_path),
-        "per_class": metrics.get("per_class"),
-    }
+    if "ort_cpu_windows_per_s" in row:
+        line += f", {row['ort_cpu_windows_per_s']:,.0f} windows/s"
+    return line + (f"; FAILED: {row['error']}" if "error" in row else "")
 
 
 def run_compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,12 +262,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     for i, variant in enumerate(variants, 1):
         print(f"[compare {i}/{len(variants)}] {variant}", file=sys.stderr)
         row = compare_variant(variant, dataset, out, args)
-        print(
-            f"[compare {i}/{len(variants)}] {variant}: ROC AUC {row['roc_auc']:.4f}, "
-            f"recall {row['recall']:.3f} at false alarms {row['false_alarm_rate']:.3f}, "
-            f"{row['ort_cpu_windows_per_s']:,.0f} windows/s",
-            file=sys.stderr,
-        )
+        print(f"[compare {i}/{len(variants)}] {_progress_line(row)}", file=sys.stderr)
         rows.append(row)
     report = {
         "data": args.data,
@@ -293,5 +316,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     report = run_compare(args)
-    print(json.dumps({"out": str(args.out), "wall_s": report["wall_s"]}))
-    return 0
+    failed = [row["variant"] for row in report["variants"] if "error" in row]
+    print(json.dumps({"out": str(args.out), "wall_s": report["wall_s"], "failed": failed}))
+    return 1 if failed else 0

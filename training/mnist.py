@@ -259,6 +259,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
         [r["latent_dim"] for r in results],
         [r["test_bce_per_image"] for r in results],
         out / "latent-sweep.png",
+        loss_name="held-out BCE per image (sum over 784 pixels)",
     )
     summary = {
         "study": "latent-sweep",

@@ -267,7 +267,13 @@ def denoising_rows(
     return _image_rows(rows, path, title)
 
 
-def latent_sweep(latent_dims: list[int], losses: list[float], path: Path) -> Path:
+def latent_sweep(
+    latent_dims: list[int],
+    losses: list[float],
+    path: Path,
+    *,
+    loss_name: str = "test reconstruction loss per image",
+) -> Path:
     """Test reconstruction loss against latent size (log2 axis)."""
     if len(latent_dims) != len(losses):
         raise PlotError(f"{len(latent_dims)} latent sizes but {len(losses)} losses")
@@ -279,7 +285,7 @@ def latent_sweep(latent_dims: list[int], losses: list[float], path: Path) -> Pat
     dims = np.asarray(latent_dims)[order]
     vals = np.asarray(losses, dtype=np.float64)[order]
     fig, ax = plt.subplots(figsize=(6, 4.5), layout="constrained")
-    ax.plot(dims, vals, marker="o", color=NORMAL_COLOUR, label="test reconstruction loss")
+    ax.plot(dims, vals, marker="o", color=NORMAL_COLOUR, label=loss_name)
     for d, v in zip(dims, vals, strict=True):
         ax.annotate(
             f"{v:.3g}",
@@ -292,7 +298,7 @@ def latent_sweep(latent_dims: list[int], losses: list[float], path: Path) -> Pat
     ax.set_xscale("log", base=2)
     ax.set_xticks(dims, [str(int(d)) for d in dims])
     ax.set_xlabel("latent dimension")
-    ax.set_ylabel("test loss per image")
+    ax.set_ylabel(loss_name)
     ax.set_title("Latent-size sweep")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -98,6 +98,13 @@ def test_markdown_table_has_a_row_per_variant() -> None:
     assert all(line.count("|") == lines[0].count("|") for line in lines)
 
 
+def test_markdown_table_shows_a_failed_variant_and_why() -> None:
+    rows = [{"variant": "lstm", "roc_auc": 0.9, "error": "parity 1.2e-4 > 1e-4"}]
+    text = compare.markdown_table(rows)
+    assert "| lstm | 0.9000 | — |" in text
+    assert "- lstm: parity 1.2e-4 > 1e-4" in text
+
+
 def test_compare_end_to_end_on_synthetic(tmp_path: Path) -> None:
     """Two variants, two epochs: table, JSON, run dirs and ONNX files, dense FLOPs by hand."""
     out = tmp_path / "report"
