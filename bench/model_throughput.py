@@ -143,7 +143,9 @@ def measure(
     return rows
 
 
-def tables(rows: list[Row], baseline_rate: float, baseline_e: int, baseline_n: int) -> str:
+def tables(
+    rows: list[Row], baseline_rate: float, baseline_e: int, baseline_n: int, seed_threads: int
+) -> str:
     """Summary (best configuration per variant) and the full grid, as Markdown."""
     out: list[str] = []
     best: dict[str, Row] = {}
@@ -178,7 +180,7 @@ def tables(rows: list[Row], baseline_rate: float, baseline_e: int, baseline_n: i
                     f"seed loop (torch, LSTM E={baseline_e}, 1 window/call)",
                     fmt(mflop_seed(baseline_e)),
                     fmt(baseline_rate),
-                    f"1, torch default, n={baseline_n}",
+                    f"1, {seed_threads} (torch), n={baseline_n}",
                     fmt(baseline_rate * mflop_seed(baseline_e) / 1e3),
                     "–",
                     "1",
@@ -301,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_time_s=args.min_time,
             baseline_rate=baseline,
         )
-    text = tables(rows, baseline, base_e, args.baseline_windows)
+    text = tables(rows, baseline, base_e, args.baseline_windows, seed_threads)
     header = (
         f"Model-only throughput, ONNX Runtime CPU ({now_utc()}).\n"
         f"Machine: {machine()}.\n"
