@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from training.errors import TrainingError
@@ -195,8 +197,13 @@ def reconstructions(
             ax.fill_between(t, xa[i], ra[i], color="lightcoral", alpha=0.6, label="error")
             ax.set_title(f"class {cls} {name}: L1 = {err:.1f}", fontsize=9)
             ax.tick_params(labelsize=7)
-            if row == 0 and col == 0:
-                ax.legend(fontsize=7, loc="upper right")
+    handles = [
+        Line2D([], [], color="black", label="input"),
+        Line2D([], [], color=NORMAL_COLOUR, label="reconstruction (normal)"),
+        Line2D([], [], color=ANOMALY_COLOUR, label="reconstruction (anomaly)"),
+        Patch(color="lightcoral", alpha=0.6, label="error"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8)
     fig.suptitle("True vs reconstructed beats")
     return _save(fig, path)
 
