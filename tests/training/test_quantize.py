@@ -14,7 +14,7 @@ import torch
 from training.data import load_dataset
 from training.errors import TrainingError
 from training.export import export_run
-from training.quantize import QuantReport, quantize_checked
+from training.quantize import QuantReport, quantize_checked, quantize_int8
 from training.train import FitConfig, fit
 
 DATA = "synthetic:600"
@@ -129,3 +129,21 @@ def test_missing_corrupt_or_unexported_model_is_a_clear_error(tmp_path: Path) ->
     with pytest.raises(TrainingError, match="cannot load model"):
         quantize_checked(corrupt, DATA, tmp_path / "o.onnx")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_lstm_int8_uses_the_quantised_lstm_op_and_keeps_outputs(tmp_path: Path) -> None:
+    cfg = FitConfig.for_variant("lstm", epochs=1, device="cpu", latent_dim=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_dir = fit(cfg, load_dataset("synthetic:100"), tmp_path / "run", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    fp32 = export_run(run_dir, tmp_path / "lstm.onnx")
+    int8 = tmp_path / "lstm.int8.onnx"
+    quantize_int8(fp32, int8)
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in onnx.load(str(int8)).graph.node}
+    x = load_dataset("synthetic:100").test_x[:9]
+    recon, score = _session(int8).run(None, {"windows": x})
+    want = _session(fp32).run(["score"], {"windows": x})[0]
+    assert recon.shape == x.shape and np.allclose(score, want, rtol=0.05)
