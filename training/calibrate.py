@@ -1,9 +1,15 @@
-"""Alarm threshold from normal validation windows only: the (1 − fpr) quantile of their scores."""
+"""Alarm threshold from normal validation windows only.
+
+`quantile` (the default): the (1 − fpr) quantile of their scores. `lognormal`: the same
+quantile of a log-normal fitted to them by median and MAD — steadier when the validation
+set is small and holds a mislabelled outlier, which sets the empirical quantile alone.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -11,6 +17,7 @@ import numpy as np
 from training.errors import TrainingError
 
 METHOD = "normal_quantile"
+METHODS = {"quantile": METHOD, "lognormal": "normal_lognormal_mad"}
 
 
 @dataclass(frozen=True)
@@ -25,7 +32,7 @@ class Calibration:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = asdict(self)
-        if self.n * self.fpr < 1.0:
+        if self.method == METHOD and self.n * self.fpr < 1.0:
             # With fewer than 1/fpr windows the quantile is simply the largest score seen.
             out["note"] = f"n={self.n} < 1/fpr: threshold is the maximum normal score"
         return out
@@ -41,9 +48,13 @@ class Calibration:
         )
 
 
-def calibrate(normal_scores: np.ndarray, fpr: float = 0.01) -> Calibration:
+def calibrate(
+    normal_scores: np.ndarray, fpr: float = 0.01, *, method: str = "quantile"
+) -> Calibration:
     """Threshold = (1 − fpr) quantile of normal scores, rounded up to an observed score
-    (so at most fpr of the calibration windows lie above it)."""
+    (so at most fpr of the calibration windows lie above it), or of a robust log-normal fit."""
+    if method not in METHODS:
+        raise TrainingError(f"unknown calibration method {method!r} (expected {list(METHODS)})")
     if not 0.0 < fpr < 1.0:
         raise TrainingError(f"fpr must be in (0, 1), got {fpr}")
     scores = np.asarray(normal_scores, dtype=np.float64).reshape(-1)
@@ -52,7 +63,13 @@ def calibrate(normal_scores: np.ndarray, fpr: float = 0.01) -> Calibration:
     if not np.isfinite(scores).all():
         raise TrainingError("normal scores contain NaN or Inf")
     q = 1.0 - fpr
-    threshold = float(np.quantile(scores, q, method="higher"))
+    if method == "lognormal":
+        logs = np.log(np.maximum(scores, 1e-12))
+        centre = float(np.median(logs))
+        spread = 1.4826 * float(np.median(np.abs(logs - centre)))
+        threshold = math.exp(centre + NormalDist().inv_cdf(q) * spread)
+    else:
+        threshold = float(np.quantile(scores, q, method="higher"))
     if not math.isfinite(threshold):
         raise TrainingError("calibrated threshold is not finite")
-    return Calibration(METHOD, float(fpr), threshold, int(scores.size), q)
+    return Calibration(METHODS[method], float(fpr), threshold, int(scores.size), q)

@@ -117,9 +117,11 @@ class Detector:
     def reconstruct(self, x: np.ndarray) -> np.ndarray:
         return self.score_and_reconstruct(x)[1]
 
-    def infer_threshold(self, x_normal: np.ndarray, fpr: float = 0.01) -> Calibration:
+    def infer_threshold(
+        self, x_normal: np.ndarray, fpr: float = 0.01, *, method: str = "quantile"
+    ) -> Calibration:
         """Set the threshold from normal windows only and return how it was chosen."""
-        self.calibration = calibrate(self.score(x_normal), fpr)
+        self.calibration = calibrate(self.score(x_normal), fpr, method=method)
         return self.calibration
 
     def predict(self, x: np.ndarray) -> Prediction:

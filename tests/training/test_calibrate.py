@@ -44,3 +44,18 @@ def test_json_round_trip() -> None:
 def test_bad_inputs(scores: np.ndarray, fpr: float) -> None:
     with pytest.raises(TrainingError):
         calibrate(scores, fpr)
+
+
+def test_lognormal_method_estimates_the_quantile_and_shrugs_off_one_outlier() -> None:
+    rng = np.random.default_rng(0)
+    scores = np.exp(rng.normal(2.0, 0.3, 5000))
+    cal = calibrate(scores, fpr=0.01, method="lognormal")
+    assert cal.method == "normal_lognormal_mad"
+    assert cal.threshold == pytest.approx(np.exp(2.0 + 2.3263 * 0.3), rel=0.03)
+    small = scores[:40]
+    with_outlier = np.r_[small, 500.0]
+    assert calibrate(with_outlier, 0.01).threshold == 500.0  # the empirical quantile is the max
+    robust = calibrate(with_outlier, 0.01, method="lognormal").threshold
+    assert robust == pytest.approx(calibrate(small, 0.01, method="lognormal").threshold, rel=0.1)
+    with pytest.raises(TrainingError, match="unknown calibration"):
+        calibrate(scores, 0.01, method="max")
