@@ -3,11 +3,14 @@
     python bench/model_throughput.py                 # train+export every variant briefly, measure
     python bench/model_throughput.py --models a.onnx b.onnx
     python bench/model_throughput.py --quick --json /tmp/tp.json
+    python bench/model_throughput.py --compare REPORT_DIR/compare.json --int8   # + Pareto table
 
 Prints Markdown tables (windows/s, ms/batch, MFLOP/window, GFLOP/s, % of a plain ORT GEMM's
 GFLOP/s at the same thread count) and the ratio against the seed's one-window-at-a-time
 torch loop for the LSTM, measured in the same run. `--int8` adds each model's dynamic int8
-quantisation (training/quantize.py) as an extra row set.
+quantisation (training/quantize.py) as an extra row set. `--compare` takes the trained models
+of an `ecg-train compare` run and adds the Pareto table: ROC AUC against windows/s and
+MFLOP/window, int8 rows included where the held-out AUC check offers them.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from bench.common import (
     update_section,
     window_length,
 )
-from training.quantize import quantize_int8
+from training.quantize import QuantReport, quantize_checked, quantize_int8
 
 VARIANTS = ("dense", "sparse-l1", "sparse-kl", "contractive", "denoising", "vae", "lstm")
 
@@ -217,6 +220,68 @@ def tables(
     return "\n".join(out)
 
 
+@dataclass
+class Choice:
+    """One model on the Pareto table."""
+
+    model: str
+    roc_auc: float
+    windows_s: float
+    mflop_window: float
+    config: str
+    offered: bool
+    pareto: bool = False
+
+
+def pareto(
+    rows: list[Row], aucs: dict[str, float], quant: dict[str, QuantReport]
+) -> tuple[str, list[Choice]]:
+    """ROC AUC vs best windows/s per model; a model is on the front unless another is at
+    least as good on both and better on one. int8 models count only if offered."""
+    best: dict[str, Row] = {}
+    for r in rows:
+        if r.variant not in best or r.windows_s > best[r.variant].windows_s:
+            best[r.variant] = r
+    choices: list[Choice] = []
+    for name, r in best.items():
+        config = f"{r.batch}, {r.threads}, {r.opt}"
+        report = quant.get(name.removesuffix(" int8"))
+        if name.endswith(" int8") and report is not None:
+            auc, offered = report.int8_auc, report.accepted
+        elif report is not None:  # fp32, scored on exactly the windows its int8 twin was
+            auc, offered = report.fp32_auc, True
+        elif name in aucs:
+            auc, offered = aucs[name], True
+        else:
+            continue
+        choices.append(Choice(name, auc, r.windows_s, r.mflop_window, config, offered))
+    live = [c for c in choices if c.offered]
+    for c in live:
+        c.pareto = not any(
+            o is not c
+            and o.roc_auc >= c.roc_auc
+            and o.windows_s >= c.windows_s
+            and (o.roc_auc, o.windows_s) != (c.roc_auc, c.windows_s)
+            for o in live
+        )
+    choices.sort(key=lambda c: -c.windows_s)
+    table = markdown_table(
+        ["model", "ROC AUC", "best windows/s", "at (batch, threads, opt)", "MFLOP/window", "front"],
+        [
+            [
+                c.model,
+                f"{c.roc_auc:.4f}",
+                fmt(c.windows_s),
+                c.config,
+                fmt(c.mflop_window),
+                "yes" if c.pareto else ("" if c.offered else "not offered (AUC drop)"),
+            ]
+            for c in choices
+        ],
+    )
+    return table, choices
+
+
 def peaks(rows: list[Row]) -> dict[int, float]:
     """GEMM GFLOP/s per thread count, recovered from the rows' percentages."""
     return {r.threads: r.gflop_s * 100.0 / r.pct_gemm_peak for r in rows if r.pct_gemm_peak}
@@ -235,6 +300,7 @@ def parse_ints(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", nargs="+", type=Path, help="exported .onnx files (skip training)")
+    p.add_argument("--compare", type=Path, help="compare.json of `ecg-train compare`: its models")
     p.add_argument("--variants", default="all", help="comma list or 'all' (when training)")
     p.add_argument("--data", default="synthetic:500", help="data spec for the brief training")
     p.add_argument("--epochs", type=int, default=1, help="epochs (weights do not change speed)")
@@ -264,10 +330,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.variants == "all":
             variants = ["dense", "lstm"]
         args.data = "synthetic:300"
+    aucs: dict[str, float] = {}
+    quant: dict[str, QuantReport] = {}
+    compare_data = None
     with tempfile.TemporaryDirectory(prefix="ecg-bench-") as tmp:
         workdir = args.workdir or Path(tmp)
-        if args.models:
-            models: dict[str, Path] = {}
+        if args.compare:
+            report = json.loads(args.compare.read_text())
+            compare_data = str(report["data"])
+            models: dict[str, Path] = {r["variant"]: Path(r["onnx"]) for r in report["variants"]}
+            aucs = {r["variant"]: float(r["roc_auc"]) for r in report["variants"]}
+        elif args.models:
+            models = {}
             for path in args.models:
                 meta = model_metadata(ort_session(path, threads=1))
                 name = meta.get("ecg.variant", path.stem)
@@ -284,8 +358,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         mflops = {name: mflop_per_window(path) for name, path in models.items()}
         if args.int8:  # same multiply-adds, done in int8: count them as the fp32 model's
             for name, path in list(models.items()):
-                models[f"{name} int8"] = workdir / f"{path.stem}.int8.onnx"
-                quantize_int8(path, models[f"{name} int8"])
+                out = workdir / f"{name}.int8.onnx"
+                if compare_data is not None:  # the held-out AUC check decides "offered"
+                    quant[name] = quantize_checked(path, compare_data, out, timing_s=0.2)
+                    print(f"  {name}: {quant[name].summary()}", file=sys.stderr)
+                if not out.is_file():  # not offered (or no check): still time it
+                    quantize_int8(path, out)
+                models[f"{name} int8"] = out
                 mflops[f"{name} int8"] = mflops[name]
         lstm = [lstm_embedding(p) for p in models.values()]
         base_e = next((e for e in lstm if e), 128)
@@ -316,6 +395,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(header)
     print(text)
+    front: list[Choice] = []
+    if args.compare:
+        front_table, front = pareto(rows, aucs, quant)
+        front_text = (
+            f"Pareto table ({now_utc()}): ROC AUC on the held-out test split of "
+            f"`{compare_data}` (from `{args.compare}`) against the best windows/s above. "
+            "int8 rows: dynamic quantisation, offered only if the AUC drop is <= 0.002.\n"
+            f"Command: `{command_line()}`\n\n" + front_table
+        )
+        print()
+        print(front_text)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -331,12 +421,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "torch_threads": seed_threads,
                     },
                     "rows": [asdict(r) for r in rows],
+                    "pareto": [asdict(c) for c in front],
+                    "quantization": {k: asdict(v) for k, v in quant.items()},
                 },
                 indent=2,
             )
         )
     if args.benchmarks:
         update_section(args.benchmarks, "throughput", header + "\n" + text)
+        if args.compare:
+            update_section(args.benchmarks, "pareto", front_text)
     return 0
 
 

@@ -76,6 +76,35 @@ def test_model_throughput_quick_writes_table_json_and_section(
     assert "kept text" in text and text.count("<!-- throughput:begin -->") == 1
 
 
+def test_model_throughput_with_a_compare_report_adds_the_pareto_table(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    report = tmp_path / "compare.json"
+    report.write_text(
+        json.dumps(
+            {
+                "data": "synthetic:200",  # what the fixture's model was trained on
+                "variants": [{"variant": "lstm", "onnx": str(models["lstm"]), "roc_auc": 0.5}],
+            }
+        )
+    )
+    out, bench_md = tmp_path / "tp.json", tmp_path / "BENCHMARKS.md"
+    proc = _run(
+        "bench/model_throughput.py", "--quick", "--int8", "--compare", report,
+        "--json", out, "--benchmarks", bench_md,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    quant = result["quantization"]["lstm"]
+    front = {c["model"]: c for c in result["pareto"]}
+    assert set(front) == {"lstm", "lstm int8"}
+    assert front["lstm"]["roc_auc"] == quant["fp32_auc"]  # both scored on the same split
+    assert front["lstm int8"]["roc_auc"] == quant["int8_auc"]
+    assert front["lstm int8"]["offered"] == quant["accepted"]
+    assert any(c["pareto"] for c in front.values())
+    assert "<!-- pareto:begin -->" in bench_md.read_text()
+
+
 def test_seed_lstm_flop_formula_matches_the_onnx_count(models: dict[str, Path]) -> None:
     assert mflop_per_window(models["lstm"]) == pytest.approx(mflop_seed(8), rel=1e-3)
     assert mflop_seed(128) == pytest.approx(275.6, abs=0.1)  # the 276 MFLOP
