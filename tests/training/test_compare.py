@@ -125,6 +125,9 @@ def test_compare_end_to_end_on_synthetic(tmp_path: Path) -> None:
     dense_flops = 2 * (140 * hidden + hidden * 4 + 4 * hidden + hidden * 140)
     assert rows["dense"]["mflop_per_window"] == pytest.approx(dense_flops / 1e6)
     assert rows["lstm"]["mflop_per_window"] > rows["dense"]["mflop_per_window"]
+    # the exported graph does the work the torch modules do: two independent counts agree
+    for row in rows.values():
+        assert row["mflop_per_window"] == pytest.approx(row["mflop_torch_modules"])
     table = (out / "compare.md").read_text()
     assert "| dense |" in table and "| lstm |" in table
 
