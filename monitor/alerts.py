@@ -34,7 +34,20 @@ class Alert:
     published_at: float
 
     def to_json(self) -> bytes:
-        return _dumps(asdict(self))
+        return _dumps(
+            {
+                "device_id": self.device_id,
+                "seq": self.seq,
+                "ts": self.ts,
+                "score": self.score,
+                "threshold": self.threshold,
+                "model": self.model,
+                "model_version": self.model_version,
+                "peak_index": self.peak_index,
+                "received_at": self.received_at,
+                "published_at": self.published_at,
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True)

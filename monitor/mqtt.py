@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,8 @@ class MqttBridge:
         self._paused = False
         self._sock: Any = None
         self._pending: dict[int, Callable[[], None] | None] = {}
+        self._backlog: deque[tuple[str, bytes, int, bool, Callable[[], None] | None]] = deque()
+        self._out_limit = cfg.max_inflight_out  # min(ours, the broker's Receive Maximum)
         self._online = asyncio.Event()
         self._disconnected = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -85,7 +88,9 @@ class MqttBridge:
             manual_ack=True,
         )
         c = self.client
-        c.max_inflight_messages_set(cfg.max_inflight_out)
+        # paho's own in-flight limit rescans every outgoing message on each PUBACK (quadratic
+        # at our rates); it is switched off and the bridge keeps the limit itself (O(1)).
+        c.max_inflight_messages_set(0)
         c.max_queued_messages_set(0)
         c.suppress_exceptions = False
         if cfg.username:
@@ -167,7 +172,7 @@ class MqttBridge:
     async def wait_published(self, timeout: float) -> bool:
         """Wait until every QoS 1 publish is acknowledged; False on timeout."""
         deadline = time.monotonic() + timeout
-        while self._pending:
+        while self._pending or self._backlog:
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.01)
@@ -203,7 +208,22 @@ class MqttBridge:
     ) -> None:
         """Queue a publish; `on_done` runs when the broker acknowledged it (QoS 1: PUBACK).
 
-        While disconnected paho keeps QoS 1 messages and sends them after reconnecting."""
+        At most `max_inflight_out` (or the broker's Receive Maximum) QoS 1 publishes are
+        unacknowledged at once; the rest wait here in order. While disconnected paho keeps
+        QoS 1 messages and sends them after reconnecting."""
+        if qos and (self._backlog or len(self._pending) >= self._out_limit):
+            self._backlog.append((topic, payload, qos, retain, on_done))
+            return
+        self._send(topic, payload, qos, retain, on_done)
+
+    def _send(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        on_done: Callable[[], None] | None,
+    ) -> None:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
@@ -215,7 +235,7 @@ class MqttBridge:
 
     @property
     def unacked_publishes(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._backlog)
 
     def ack(self, message: Message) -> None:
         """Acknowledge an incoming QoS 1 message, unless it came on an earlier connection (the
@@ -291,6 +311,8 @@ class MqttBridge:
             generation=self.generation,
         )
         self._session_present = bool(flags.session_present)
+        server_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
+        self._out_limit = min(self.cfg.max_inflight_out, int(server_max or 65535))
         if self.subscription is None:
             self._set_online()
             return
@@ -341,5 +363,7 @@ class MqttBridge:
             return
         if reason is not None and getattr(reason, "is_failure", False):
             log.error("mqtt_publish_refused", mid=mid, reason=str(reason))
+        while self._backlog and len(self._pending) < self._out_limit:
+            self._send(*self._backlog.popleft())
         if on_done is not None:
             on_done()

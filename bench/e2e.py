@@ -1,0 +1,326 @@
+"""End-to-end throughput and latency of the daemon against model-only ONNX Runtime.
+
+    .venv/bin/python bench/e2e.py                        # models/*.onnx, binary and JSON frames
+    .venv/bin/python bench/e2e.py --model m.onnx --seconds 10 --frame 16 --batch 64
+
+In one run on this machine: (1) model-only windows/s (ONNX Runtime, same model, batch and
+threads as the daemon); (2) a mosquitto of its own and `ecg-monitor run` as a child process;
+per payload format, (3) a publisher at the highest rate it can for --seconds (QoS 1): windows
+scored per second by the daemon (its metrics), and (4) the same stream paced at half that rate:
+publish -> alert latency p50/p99 (every frame's first window is anomalous; `ts` = publish time).
+Prints a Markdown table. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from monitor.engine import Model, load_model  # noqa: E402
+from monitor.wire import HEADER, MAGIC, VERSION  # noqa: E402
+from tests.brokers import Mosquitto, free_port, wait_for_port  # noqa: E402
+
+
+@dataclass
+class Result:
+    fmt: str
+    max_windows_s: float
+    published_windows_s: float
+    half_rate: float
+    p50_ms: float
+    p99_ms: float
+    alerts: int
+
+
+def model_only(model: Model, batch: int, seconds: float) -> float:
+    """Windows/s of back-to-back session.run calls on one batch (what the daemon's thread does)."""
+    x = np.random.default_rng(0).standard_normal((batch, model.info.window_length))
+    x = x.astype(np.float32)
+    for _ in range(20):
+        model.run(x)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        model.run(x)
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def pools(model: Model, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows the model scores below its threshold, and ones far above it."""
+    try:
+        from training.data import synthetic_beats  # numpy only
+
+        beats, _ = synthetic_beats(512, length=length, anomaly_fraction=0.0, seed=1)
+        beats = beats.astype(np.float32)
+    except Exception:
+        beats = np.zeros((512, length), np.float32)
+    score = model.run(beats).score
+    normal = beats[score <= model.info.threshold]
+    if len(normal) == 0:
+        raise SystemExit("no synthetic beat scores below the model's threshold")
+    anomalous = normal[:64].copy()
+    for scale in (4.0, 8.0, 16.0, 64.0):
+        anomalous = normal[:64].copy()
+        anomalous[:, length // 3 : length // 3 + 12] += scale
+        if (model.run(anomalous).score > model.info.threshold).all():
+            break
+    else:
+        raise SystemExit("could not make windows the model calls anomalous")
+    return normal[:64], anomalous
+
+
+class Frames:
+    """Pre-encoded payload parts: one anomalous window first, then normal ones."""
+
+    def __init__(self, normal: np.ndarray, anomalous: np.ndarray, frame: int, fmt: str) -> None:
+        self.frame, self.fmt = frame, fmt
+        rows = np.concatenate([anomalous[:1], normal[: frame - 1]]).astype("<f4")
+        if len(rows) < frame:
+            rows = np.concatenate([rows, np.repeat(normal[:1], frame - len(rows), axis=0)])
+        self.length = rows.shape[1]
+        if fmt == "binary":
+            self.body = rows.tobytes()
+        else:
+            self.body = json.dumps([[float(v) for v in r] for r in rows]).encode()
+
+    def payload(self, seq: int, ts: float) -> bytes:
+        if self.fmt == "binary":
+            head = HEADER.pack(MAGIC, VERSION, self.frame, self.length, seq, ts, 0.0)
+            return head + self.body
+        return b'{"seq":%d,"ts":%r,"windows":' % (seq, ts) + self.body + b"}"
+
+
+class AlertClock:
+    """Subscribes to alerts and records publish->alert latency from each alert's `ts`."""
+
+    def __init__(self, port: int) -> None:
+        self.latencies: list[float] = []
+        self.lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        ready = threading.Event()
+        self.client.on_subscribe = lambda *a: ready.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("ecg/+/alert", qos=1)
+        self.client.loop_start()
+        ready.wait(10)
+
+    def _on_message(self, client: object, userdata: object, msg: paho.MQTTMessage) -> None:
+        now = time.time()
+        ts = float(json.loads(msg.payload)["ts"])
+        with self.lock:
+            self.latencies.append(now - ts)
+
+    def take(self) -> list[float]:
+        with self.lock:
+            out, self.latencies = self.latencies, []
+        return out
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def scored(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(r"^ecg_monitor_windows_scored_total (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def publish_for(
+    port: int, frames: Frames, seconds: float, rate_windows_s: float | None, devices: int
+) -> int:
+    """Publish frames (QoS 1) round-robin over devices for `seconds`; paced when a rate is given.
+    Returns windows published."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    seqs = [0] * devices
+    sent = 0
+    t0 = time.perf_counter()
+    interval = frames.frame / rate_windows_s if rate_windows_s else 0.0
+    i = 0
+    last_info = None
+    while True:
+        now = time.perf_counter()
+        if now - t0 >= seconds:
+            break
+        if interval:
+            due = t0 + i * interval
+            if due > now:
+                time.sleep(due - now)
+        d = i % devices
+        last_info = client.publish(
+            f"ecg/bench{d}/window", frames.payload(seqs[d], time.time()), qos=1
+        )
+        seqs[d] += frames.frame
+        sent += frames.frame
+        i += 1
+        if not interval and i % 256 == 0 and len(client._out_messages) > 20000:
+            time.sleep(0.001)  # do not queue without bound inside the publisher
+    if last_info is not None:
+        last_info.wait_for_publish(60)
+    client.loop_stop()
+    client.disconnect()
+    return sent
+
+
+def wait_until_idle(metrics_port: int, timeout: float = 120.0) -> None:
+    last, stable_since = -1.0, time.monotonic()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = scored(metrics_port)
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since > 1.0:
+            return
+        time.sleep(0.2)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q)) * 1000.0 if values else float("nan")
+
+
+def run_format(
+    fmt: str, args: argparse.Namespace, broker: Mosquitto, metrics_port: int, model: Model
+) -> Result:
+    normal, anomalous = pools(model, model.info.window_length)
+    frames = Frames(normal, anomalous, args.frame, fmt)
+    clock = AlertClock(broker.port)
+    # (3) the highest rate the publisher manages, for --seconds
+    before, t0 = scored(metrics_port), time.perf_counter()
+    published = publish_for(broker.port, frames, args.seconds, None, args.devices)
+    pub_elapsed = time.perf_counter() - t0
+    mid = scored(metrics_port)
+    max_rate = (mid - before) / pub_elapsed
+    wait_until_idle(metrics_port)
+    clock.take()
+    # (4) half of what the daemon managed, paced
+    half = max_rate / 2
+    publish_for(broker.port, frames, args.seconds, half, args.devices)
+    wait_until_idle(metrics_port)
+    time.sleep(0.5)
+    lat = clock.take()
+    clock.close()
+    return Result(
+        fmt,
+        max_rate,
+        published / pub_elapsed,
+        half,
+        pct(lat, 50),
+        pct(lat, 99),
+        len(lat),
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    default_model = next(iter(sorted((ROOT / "models").glob("*.onnx"))), None)
+    ap.add_argument("--model", type=Path, default=default_model)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--batch", type=int, default=64, help="daemon max_batch (and model-only)")
+    ap.add_argument("--frame", type=int, default=16, help="windows per published message")
+    ap.add_argument("--devices", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "auto"))
+    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--formats", default="binary,json")
+    args = ap.parse_args()
+    if args.model is None or not args.model.exists():
+        ap.error("no model: pass --model FILE.onnx")
+    model = load_model(
+        args.model, provider=args.provider, intra_op_threads=args.threads, warmup_batch=args.batch
+    )
+    mo = model_only(model, args.batch, min(args.seconds, 5.0))
+    with tempfile.TemporaryDirectory(prefix="ecg-e2e-") as tmp:
+        broker = Mosquitto(data_dir=Path(tmp) / "broker").start()
+        metrics_port = free_port()
+        config = Path(tmp) / "monitor.toml"
+        config.write_text(
+            f"""[mqtt]
+port = {broker.port}
+client_id = "bench-monitor"
+[model]
+path = "{args.model.resolve()}"
+provider = "{args.provider}"
+intra_op_threads = {args.threads}
+[batch]
+max_batch = {args.batch}
+max_wait_ms = {args.max_wait_ms}
+[metrics]
+port = {metrics_port}
+[service]
+instance_id = "bench"
+log_format = "json"
+log_level = "warning"
+"""
+        )
+        daemon_log = (Path(tmp) / "daemon.log").open("wb")
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+            cwd=ROOT,
+            stdout=daemon_log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            wait_for_port("127.0.0.1", metrics_port, 30)
+            time.sleep(1.0)
+            results = [
+                run_format(f, args, broker, metrics_port, model) for f in args.formats.split(",")
+            ]
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+            broker.stop()
+            daemon_log.close()
+            tail = (Path(tmp) / "daemon.log").read_text(errors="replace").strip()
+            if tail:
+                print("daemon log:", tail[-2000:], file=sys.stderr)
+    cpu = os.cpu_count()
+    print(
+        f"\nmodel {args.model.name} ({model.info.name} {model.info.version}), "
+        f"provider {model.info.provider}, batch {args.batch}, {args.threads} ORT thread(s), "
+        f"frames of {args.frame} windows, {args.devices} devices, {args.seconds:.0f} s per run, "
+        f"{cpu} CPUs, publisher + broker + daemon on this machine\n"
+    )
+    print(
+        "| format | model-only windows/s | e2e windows/s (max) | e2e / model-only "
+        "| published windows/s | half load windows/s | p50 ms | p99 ms | alerts timed |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {r.fmt} | {mo:,.0f} | {r.max_windows_s:,.0f} | {r.max_windows_s / mo:.1%} "
+            f"| {r.published_windows_s:,.0f} | {r.half_rate:,.0f} | {r.p50_ms:.1f} "
+            f"| {r.p99_ms:.1f} | {r.alerts} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
