@@ -370,8 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_e = next((e for e in lstm if e), 128)
         print(f"baseline: seed loop, LSTM E={base_e} ...", file=sys.stderr)
         windows = beats(args.baseline_windows)
+        seed_thread_counts = (1,) if args.quick else (1, torch.get_num_threads())
         baseline, seed_threads = best_seed_rate(
-            lambda _n: seed_predict_rate(windows, base_e), (1, torch.get_num_threads())
+            lambda _n: seed_predict_rate(windows, base_e),
+            seed_thread_counts,
         )
         rows = measure(
             models,
@@ -387,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Model-only throughput, ONNX Runtime CPU ({now_utc()}).\n"
         f"Machine: {machine()}.\n"
         f"Baseline: the seed's predict loop (torch, one window per call, LSTM E={base_e}), "
-        f"{args.baseline_windows} windows, best of torch threads 1 and default "
+        f"{args.baseline_windows} windows, best of torch threads {seed_thread_counts} "
         f"({seed_threads} won).\n"
         f"Command: `{command_line()}`\n"
         f"GEMM peak: one ORT fp32 MatMul 256x256x256 at the same thread count, same run: "

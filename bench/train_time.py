@@ -143,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rates[n] = seed_train_rate(seed_windows, base_e)
         return -(n_train / rates[n][0] + n_val / rates[n][1])  # best = shortest epoch
 
-    _, seed_threads = best_seed_rate(seed_epoch_seconds, (1, default_torch_threads))
+    seed_thread_counts = (1,) if args.quick else (1, default_torch_threads)
+    _, seed_threads = best_seed_rate(seed_epoch_seconds, seed_thread_counts)
     train_rate, val_rate = rates[seed_threads]
     seed_epoch_s = n_train / train_rate + n_val / val_rate
     rows: list[Row] = []
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"windows, CPU, torch threads {torch.get_num_threads()}.\n"
         f"Machine: {machine()}.\nCommand: `{command_line()}`\n\n"
         f"Baseline: the seed's loop (LSTM E={base_e}, one window per Adam step, one per "
-        f"validation call; best of torch threads 1 and {default_torch_threads}: {seed_threads} "
+        f"validation call; best of torch threads {seed_thread_counts}: {seed_threads} "
         f"won) timed on {min(args.baseline_windows, n_train)} windows "
         f"and **extrapolated** to {n_train} + {n_val} windows: "
         f"{seed_epoch_s:.1f} s per epoch, {SEED_EPOCHS} epochs = "
