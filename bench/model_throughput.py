@@ -338,8 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.compare:
             report = json.loads(args.compare.read_text())
             compare_data = str(report["data"])
-            models: dict[str, Path] = {r["variant"]: Path(r["onnx"]) for r in report["variants"]}
-            aucs = {r["variant"]: float(r["roc_auc"]) for r in report["variants"]}
+            usable = [r for r in report["variants"] if Path(str(r.get("onnx"))).is_file()]
+            for r in report["variants"]:
+                if r not in usable:
+                    print(f"  {r['variant']}: no exported model, skipped", file=sys.stderr)
+            models: dict[str, Path] = {r["variant"]: Path(r["onnx"]) for r in usable}
+            aucs = {r["variant"]: float(r["roc_auc"]) for r in usable}
         elif args.models:
             models = {}
             for path in args.models:
