@@ -266,6 +266,42 @@ def test_sigkill_mid_stream_loses_no_qos1_window(
     col.close()
 
 
+def test_broker_restart_mid_stream_reconnects_and_scores_everything(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    """The daemon reconnects with backoff to its persistent session; nothing is lost."""
+    broker = fresh_mosquitto
+    config = write_config(
+        tmp_path / "c.toml",
+        broker.port,
+        model,
+        mqtt={"reconnect_min_s": 0.1, "reconnect_max_s": 1.0},
+        alerts={"publish_scores": True},
+    )
+    col = Collector(broker.port, ["ecg/+/score", "ecg-monitor/+/status"])
+    d = start(daemons, config, col)
+    pub = Publisher(broker.port)
+    stream(pub, 2, 500, frame=5)
+    pub.close()
+    col.wait_for(lambda: len(scored_keys(col)) >= 1000, 30, "first half scored")
+    broker.restart()
+    col.close()
+    col = Collector(broker.port, ["ecg/+/score", "ecg-monitor/+/status"])
+    d.wait_event("mqtt_reconnecting")
+    wait_online(col, instance_of(config))  # the retained status survived; the daemon is back
+    pub = Publisher(broker.port)
+    x = windows(5, seed=1)
+    for seq in range(500, 1000, 5):
+        for dev in range(2):
+            pub.publish(f"ecg/dev{dev}/window", encode_binary(seq, float(seq), x))
+    pub.close()
+    want = {(f"dev{i}", s) for i in range(2) for s in range(500, 1000)}
+    col.wait_for(lambda: want <= set(scored_keys(col)), 60, "second half scored")
+    connected = [e for e in d.events() if e.get("event") == "mqtt_connected"]
+    assert len(connected) >= 2  # it re-subscribes on every connection, session or not
+    col.close()
+
+
 # ------------------------------------------------------------------ 4. SIGTERM
 
 
