@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -274,7 +275,10 @@ def compare_variant(
         flops, _ = onnx_flops(onnx_path, dataset.window_length)
         row["mflop_per_window"] = flops / 1e6
         row["ort_cpu_windows_per_s"] = ort_throughput(
-            onnx_path, dataset.test_x[:THROUGHPUT_BATCH], seconds=args.timing_seconds
+            onnx_path,
+            dataset.test_x[:THROUGHPUT_BATCH],
+            seconds=args.timing_seconds,
+            threads=args.ort_threads,
         )
         row["onnx"] = str(onnx_path)
     except TrainingError as exc:
@@ -322,7 +326,12 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
             "test_anomalies": int(dataset.test_is_anomaly.sum()),
             "window_length": dataset.window_length,
         },
-        "throughput": {"batch": THROUGHPUT_BATCH, "provider": "CPUExecutionProvider"},
+        "throughput": {
+            "batch": THROUGHPUT_BATCH,
+            "provider": "CPUExecutionProvider",
+            "intra_op_threads": args.ort_threads or "onnxruntime default",
+            "cpus": os.cpu_count(),
+        },
         "mflop": "2 x multiply-adds of the MatMul/Gemm/LSTM weights per window, counted on the "
         "ONNX graph (the torch modules where export failed); element-wise ops not counted",
         "host": platform.platform(),
@@ -336,7 +345,10 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
         f"Protocol {ds['protocol']}, seed {ds['seed']}: {ds['train']} normal train, "
         f"{ds['val']} normal validation, {ds['test']} test windows "
         f"({ds['test_anomalies']} anomalous). Threshold from normal validation scores. "
-        f"Throughput: ONNX Runtime CPU, batch {THROUGHPUT_BATCH}.\n\n" + markdown_table(rows)
+        f"Throughput: ONNX Runtime CPU, batch {THROUGHPUT_BATCH}, "
+        f"{args.ort_threads or 'default'} intra-op threads on {os.cpu_count()} CPUs. "
+        f"MFLOP: 2 x multiply-adds of the MatMul/Gemm/LSTM weights per window.\n\n"
+        + markdown_table(rows)
     )
     return report
 
@@ -356,6 +368,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
         "--timing-seconds", type=float, default=2.0, help="length of each throughput loop"
+    )
+    parser.add_argument(
+        "--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)"
     )
     parser.add_argument("--protocol", default="auto", choices=("auto", "seed", "ucr"))
 
