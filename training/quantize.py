@@ -24,7 +24,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from training.calibrate import calibrate
-from training.data import Dataset, load_dataset
+from training.data import Dataset, load_dataset, zscore
 from training.errors import TrainingError
 from training.evaluate import roc_auc
 
@@ -84,6 +84,9 @@ class _Scorer:
         self.meta: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def scores(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
+        """The model's scores, after the preprocessing its metadata asks the caller for."""
+        if self.meta.get("ecg.preprocess", "none") == "zscore":
+            x = zscore(x).astype(np.float32)
         parts = [
             self.session.run(["score"], {self.input: np.ascontiguousarray(x[i : i + batch])})[0]
             for i in range(0, len(x), batch)
@@ -158,6 +161,8 @@ def quantize_checked(
     meta = fp32.meta
     if "ecg.threshold" not in meta:
         raise TrainingError(f"{model}: no ecg.threshold in metadata_props (not an exported model)")
+    if meta.get("ecg.preprocess", "none") not in ("none", "zscore"):
+        raise TrainingError(f"{model}: unknown ecg.preprocess {meta['ecg.preprocess']!r}")
     threshold = float(meta["ecg.threshold"])
     dataset = _dataset_for(meta, data_spec)
     length = int(meta.get("ecg.window_length", dataset.window_length))
