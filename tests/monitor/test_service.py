@@ -25,6 +25,7 @@ from monitor.wire import encode_binary, encode_json
 from tests.brokers import Mosquitto, free_port
 from tests.monitor.daemon import ROOT, Collector, Daemon, Publisher, wait_online, write_config
 from tests.onnx_models import LENGTH, build_model, windows
+from training.data import synthetic_beats
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -172,6 +173,58 @@ def test_threshold_override_and_alert_policy_from_config(
     alerts = col.of("/alert")
     assert sorted(a["seq"] for a in alerts) == [3, 4]
     assert {a["threshold"] for a in alerts} == {30.0}
+    col.close()
+
+
+def test_daemon_runs_a_model_exported_by_the_training_package(
+    tmp_path: Path, mosquitto: Mosquitto, daemons: list[Daemon]
+) -> None:
+    """ecg-train fit + export (small dense model, synthetic data) -> the daemon alerts on
+    exactly the windows whose exported score exceeds the exported threshold."""
+    run = tmp_path / "run"
+    for argv in (
+        [
+            "fit",
+            "--variant",
+            "dense",
+            "--data",
+            "synthetic:300",
+            "--epochs",
+            "2",
+            "--out",
+            str(run),
+        ],
+        ["export", str(run), "--out", str(tmp_path / "dense.onnx")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "training", *argv],
+            cwd=ROOT,
+            capture_output=True,
+            check=False,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+    model = tmp_path / "dense.onnx"
+    config = write_config(tmp_path / "c.toml", mosquitto.port, model)
+    col = Collector(mosquitto.port, ["ecg/trained/alert", "ecg-monitor/+/status"])
+    start(daemons, config, col)
+    x, _ = synthetic_beats(120, anomaly_fraction=0.4, seed=3)
+    x = x.astype(np.float32)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    threshold = float(session.get_modelmeta().custom_metadata_map["ecg.threshold"])
+    (score,) = session.run(["score"], {"windows": x})
+    expected = set(np.flatnonzero(score > threshold).tolist())
+    assert expected, "the synthetic anomalies should score above the threshold"
+    pub = Publisher(mosquitto.port)
+    pub.publish("ecg/trained/window", encode_binary(0, 0.0, x))
+    pub.close()
+    col.wait_for(lambda: len(col.of("/alert")) >= len(expected), 20, "alerts")
+    time.sleep(0.3)
+    alerts = col.of("/alert")
+    assert {a["seq"] for a in alerts} == expected
+    assert {a["model_version"] for a in alerts} == {
+        session.get_modelmeta().custom_metadata_map["ecg.model_version"]
+    }
     col.close()
 
 
