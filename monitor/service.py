@@ -179,8 +179,9 @@ class Service:
     async def _drain(self, producer: asyncio.Task[None], consumer: asyncio.Task[None]) -> None:
         assert self.bridge is not None
         self.draining = True
-        self.notifier.stopping("draining")
         timeout = self.cfg.service.drain_timeout_s
+        self.notifier.stopping("draining")
+        self.notifier.extend_timeout(timeout + 5.0)
         log.info("draining", open_messages=self.open_deliveries, timeout_s=timeout)
         self.batcher.close()
         self.bridge.resume_reading()  # PUBACKs must still come in; new windows are ignored
@@ -218,9 +219,9 @@ class Service:
         interval = self.notifier.watchdog_interval_s
         if interval is None:
             return
-        while True:
+        while True:  # from the event loop itself: a stuck loop stops the pings
             self.notifier.watchdog()
-            await asyncio.sleep(interval / 2)
+            await asyncio.sleep(interval)
 
     # ------------------------------------------------------------------ incoming
 

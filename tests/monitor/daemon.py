@@ -60,7 +60,7 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
-    def start(self) -> Daemon:
+    def start(self, env: dict[str, str] | None = None) -> Daemon:
         self.log_path = self.config.with_suffix(f".{time.monotonic_ns()}.log")
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -68,7 +68,7 @@ class Daemon:
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         return self
 

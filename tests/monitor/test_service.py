@@ -6,10 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -22,7 +25,7 @@ import onnxruntime as ort
 import pytest
 
 from monitor.wire import encode_binary, encode_json
-from tests.brokers import Mosquitto, free_port
+from tests.brokers import Mosquitto, free_port, wait_for_port
 from tests.monitor.daemon import ROOT, Collector, Daemon, Publisher, wait_online, write_config
 from tests.onnx_models import LENGTH, build_model, windows
 from training.data import synthetic_beats
@@ -479,6 +482,104 @@ def test_two_instances_on_a_shared_subscription_split_the_stream(
     assert all(c > 0 for c in counts), counts
     assert sum(counts) >= n
     col.close()
+
+
+# ------------------------------------------------------------------ systemd, auth, MQTT 3.1.1
+
+
+def test_systemd_notifications_ready_watchdog_reload_stopping(
+    tmp_path: Path, mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    sock_path = tmp_path / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(sock_path))
+    server.settimeout(20)
+    config = write_config(tmp_path / "c.toml", mosquitto.port, model)
+    d = Daemon(config).start(env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
+    daemons.append(d)
+
+    def until(field: str) -> list[str]:
+        seen: list[str] = []
+        while True:
+            msg = server.recv(4096).decode().splitlines()
+            seen.extend(msg)
+            if field in msg:
+                return seen
+
+    until("READY=1")  # model warm, subscription acknowledged
+    until("WATCHDOG=1")
+    until("WATCHDOG=1")
+    d.signal(signal.SIGHUP)
+    reload_msgs = until("READY=1")
+    assert "RELOADING=1" in reload_msgs
+    d.signal(signal.SIGTERM)
+    assert "STOPPING=1" in until("STOPPING=1")
+    assert d.wait(30) == 0
+    server.close()
+
+
+AUTH_CONFIG = """\
+per_listener_settings true
+listener {port} 127.0.0.1
+allow_anonymous true
+listener %d 127.0.0.1
+allow_anonymous false
+password_file {data_dir}/passwd
+max_inflight_messages 1000
+max_queued_messages 0
+persistence false
+log_dest file {data_dir}/mosquitto.log
+"""
+
+
+def test_username_password_from_env_over_mqtt_311(
+    tmp_path: Path, model: Path, daemons: list[Daemon]
+) -> None:
+    """A password-protected listener, MQTT 3.1.1, the password from an environment variable;
+    a wrong password is refused and retried, never crashes the daemon."""
+    auth_port = free_port()
+    # mosquitto drops root for its own user before it reads the password file: pytest's
+    # tmp_path (mode 0700) is out of its reach
+    data = Path(tempfile.mkdtemp(prefix="ecg-auth-"))
+    data.chmod(0o755)
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(data / "passwd"), "monitor", "pw-123"], check=True
+    )
+    (data / "passwd").chmod(0o644)
+    broker = Mosquitto(data_dir=data, config_text=AUTH_CONFIG % auth_port).start()
+    try:
+        wait_for_port("127.0.0.1", auth_port)
+        col = Collector(broker.port, ["ecg/auth/alert", "ecg-monitor/+/status"])
+        wrong = write_config(
+            tmp_path / "wrong.toml",
+            auth_port,
+            model,
+            mqtt={"protocol": 311, "username": "monitor", "password_env": "ECG_PW"},
+        )
+        bad = Daemon(wrong).start(env={"ECG_PW": "nope"})
+        daemons.append(bad)
+        bad.wait_event("mqtt_refused")
+        assert bad.proc is not None and bad.proc.poll() is None
+        bad.signal(signal.SIGTERM)
+        bad.wait(30)
+        config = write_config(
+            tmp_path / "c.toml",
+            auth_port,
+            model,
+            mqtt={"protocol": 311, "username": "monitor", "password_env": "ECG_PW"},
+        )
+        d = Daemon(config).start(env={"ECG_PW": "pw-123"})
+        daemons.append(d)
+        wait_online(col, instance_of(config))
+        pub = Publisher(broker.port)
+        pub.publish("ecg/auth/window", encode_binary(0, 0.0, windows(4, np.ones(4, bool))))
+        pub.close()
+        col.wait_for(lambda: len(col.of("/alert")) >= 4, 20, "alerts")
+        assert "pw-123" not in d.output()
+        col.close()
+    finally:
+        broker.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ start-up, metrics, backpressure
