@@ -310,6 +310,12 @@ def test_sigkill_mid_stream_loses_no_qos1_window(
     first.signal(signal.SIGKILL)
     first.wait()
     killed_at = len(set(scored_keys(col)))
+    status_topic = f"ecg-monitor/{instance_of(config)}/status"
+    col.wait_for(
+        lambda: [d for t_, d in col.messages if t_ == status_topic][-1]["state"] == "offline",
+        10,
+        "the last will",
+    )
     t.join()
     pub.close()
     assert total["n"] == 4000
@@ -576,6 +582,66 @@ def test_username_password_from_env_over_mqtt_311(
         pub.close()
         col.wait_for(lambda: len(col.of("/alert")) >= 4, 20, "alerts")
         assert "pw-123" not in d.output()
+        col.close()
+    finally:
+        broker.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+TLS_CONFIG = """\
+listener {port} 127.0.0.1
+allow_anonymous true
+listener %d 127.0.0.1
+cafile {data_dir}/ca.crt
+certfile {data_dir}/server.crt
+keyfile {data_dir}/server.key
+max_inflight_messages 1000
+max_queued_messages 0
+persistence false
+"""
+
+
+def _make_certs(d: Path) -> None:
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "1", "-subj", "/CN=ecg-test-ca")  # fmt: skip
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext")  # fmt: skip
+    for f in d.iterdir():
+        f.chmod(0o644)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_tls_to_the_broker_with_a_ca_file(
+    tmp_path: Path, model: Path, daemons: list[Daemon]
+) -> None:
+    tls_port = free_port()
+    data = Path(tempfile.mkdtemp(prefix="ecg-tls-"))
+    data.chmod(0o755)
+    _make_certs(data)
+    broker = Mosquitto(data_dir=data, config_text=TLS_CONFIG % tls_port).start()
+    try:
+        wait_for_port("127.0.0.1", tls_port)
+        col = Collector(broker.port, ["ecg/tls/alert", "ecg-monitor/+/status"])
+        config = write_config(
+            tmp_path / "c.toml",
+            tls_port,
+            model,
+            mqtt={"tls": True, "ca_file": str(data / "ca.crt")},
+        )
+        d = Daemon(config).start()
+        daemons.append(d)
+        wait_online(col, instance_of(config))
+        pub = Publisher(broker.port)
+        for seq in range(0, 40, 4):  # several messages: TLS-buffered reads must not stall
+            pub.publish("ecg/tls/window", encode_binary(seq, 0.0, windows(4, np.ones(4, bool))))
+        pub.close()
+        col.wait_for(lambda: len(col.of("/alert")) >= 40, 20, "alerts over TLS")
         col.close()
     finally:
         broker.stop()
