@@ -130,7 +130,7 @@ def test_sparse_l1_term_is_lambda_times_the_l1_norm_of_the_code() -> None:
     h = model.encode(xp)
     torch.testing.assert_close(model.penalty(xp, h), 0.3 * h.abs().sum(dim=1).mean())
     total, rec = model.loss(xp)
-    assert float(total) > float(rec)
+    assert total.item() > rec.item()
 
 
 def test_kl_bernoulli_matches_the_definition() -> None:
