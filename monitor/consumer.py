@@ -113,7 +113,8 @@ class View:
         self.style = style
         self.rows = 0
 
-    def show(self, e: Event) -> None:
+    def show(self, e: Event, note: str = "") -> None:
+        """One event; `note` (table only) is appended as a last column."""
         if self.style == "json":
             self.out.write(json.dumps(e.payload, separators=(",", ":")) + "\n")
             self.out.flush()
@@ -133,7 +134,7 @@ class View:
                 f"{_num(p.get('score'), '.2f'):>9} {_num(p.get('threshold'), '.2f'):>9} "
                 f"{_num(p.get('peak_index'), 'd'):>5} {_num(delay, '.1f'):>9}"
             )
-        self.out.write(line + "\n")
+        self.out.write(f"{line}  {note}\n" if note else line + "\n")
         self.out.flush()
         self.rows += 1
 

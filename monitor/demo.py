@@ -35,6 +35,7 @@ from monitor.broker import (
 from monitor.consumer import Event, Subscriber, View
 from monitor.errors import MonitorError
 from monitor.simulate import BeatPool, Fleet, GroundTruthWriter, SentWindow
+from training.data import ECG5000_CLASSES, SYNTHETIC_CLASSES
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "ecg-synthetic-dense.onnx"
@@ -171,6 +172,9 @@ class Summary:
         )
 
     def render(self) -> str:
+        def num(v: float, fmt: str) -> str:
+            return "n/a" if math.isnan(v) else format(v, fmt)
+
         title = "ecg-monitor demo summary" + (" (interrupted)" if self.interrupted else "")
         rows = [
             ("broker", self.broker),
@@ -183,13 +187,13 @@ class Summary:
                 f"{self.alerts:,} (true {self.true_positives:,}, false {self.false_positives:,}, "
                 f"missed {self.false_negatives:,})",
             ),
-            ("precision", f"{self.precision:.3f}"),
-            ("recall", f"{self.recall:.3f}"),
-            ("throughput", f"{self.throughput_wps:,.0f} windows/s scored"),
+            ("precision", num(self.precision, ".3f")),
+            ("recall", num(self.recall, ".3f")),
+            ("throughput", f"{num(self.throughput_wps, ',.0f')} windows/s scored"),
             (
                 "latency",
-                f"p50 {self.latency_p50_ms:.1f} ms, p99 {self.latency_p99_ms:.1f} ms "
-                "(publish -> alert received)",
+                f"p50 {num(self.latency_p50_ms, '.1f')} ms, "
+                f"p99 {num(self.latency_p99_ms, '.1f')} ms (publish -> alert received)",
             ),
         ]
         return "\n".join([title, *(f"  {k:<15} {v}" for k, v in rows)])
@@ -379,7 +383,7 @@ class Demo:
             if event is not None:
                 self.tally.add(event)
                 if view is not None and event.kind == "alert":
-                    view.show(event)
+                    view.show(event, note=self.truth_note(event))
             now = time.monotonic()
             if now >= next_status:
                 next_status = now + 5.0
@@ -397,6 +401,16 @@ class Demo:
                 return
             if now > drain_deadline:
                 return
+
+    def truth_note(self, e: Event) -> str:
+        """What the simulator really sent for an alerted window (the live view's last column)."""
+        seq = e.payload.get("seq")
+        sent = self.tally.truth.get((e.device_id, seq)) if isinstance(seq, int) else None
+        if sent is None:
+            return ""
+        names = ECG5000_CLASSES if self.args.source.startswith("ucr") else SYNTHETIC_CLASSES
+        name = names.get(sent.label, f"class {sent.label}")
+        return name if sent.is_anomaly else f"{name} (false alarm)"
 
     # ------------------------------------------------------------------ shutdown
 
