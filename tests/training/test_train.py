@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from training.data import Dataset, load_dataset
-from training.detector import Detector, load_checkpoint
+from training.detector import Detector, load_checkpoint, resolve_device
 from training.errors import TrainingError
 from training.train import RECIPES, FitConfig, config_from_args, configure, fit
 
@@ -134,3 +134,13 @@ def test_shipped_recipes_match_the_built_in_defaults(variant: str) -> None:
     assert {k: v for k, v in asdict(cfg).items() if k != "options"} == {
         k: v for k, v in default.items() if k != "options"
     }
+
+
+def test_device_choice() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(TrainingError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="CUDA is not available"):
+            resolve_device("cuda")
