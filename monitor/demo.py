@@ -42,7 +42,7 @@ DEFAULT_MODEL = MODELS_DIR / "ecg-synthetic-dense.onnx"
 DAEMON_START_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 15.0
 AMQTT_NOTE = (
-    "note: no mosquitto on PATH, so the embedded broker is amqtt, which speaks MQTT 3.1.1 only "
+    "note: the embedded broker is amqtt ({why}), which speaks MQTT 3.1.1 only "
     "and does not redeliver unacknowledged messages after a reconnect; the daemon runs in 3.1.1 "
     "mode. At-least-once delivery needs a production broker (mosquitto, EMQX, HiveMQ, VerneMQ)."
 )
@@ -278,7 +278,8 @@ class Demo:
             f"(MQTT {self.broker.mqtt_version})"
         )
         if self.broker.kind == "amqtt":
-            self.say(AMQTT_NOTE)
+            why = "as asked" if self.args.embedded_broker == "amqtt" else "no mosquitto on PATH"
+            self.say(AMQTT_NOTE.format(why=why))
         return ClientOptions(self.broker.address, mqtt_version=self.broker.mqtt_version)
 
     def start_daemon(self, opts: ClientOptions, model: Path) -> None:

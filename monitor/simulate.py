@@ -203,6 +203,7 @@ class Fleet:
     device_prefix: str = "sim-"
     seed: int = 0
     on_sent: Callable[[list[SentWindow]], None] | None = None
+    max_pending: int = 2000  # messages published but not yet acknowledged / written
     stats: FleetStats = field(default_factory=FleetStats)
     stop_event: threading.Event = field(default_factory=threading.Event)
 
@@ -264,6 +265,9 @@ class Fleet:
                 break
             if due > now:
                 self.stop_event.wait(min(due, end) - now)
+                continue
+            if self.stats.messages - self.stats.acked >= self.max_pending:
+                self.stop_event.wait(0.002)  # the broker is behind: bounded memory, not a queue
                 continue
             heapq.heappop(heap)
             n = k if count is None else min(k, count - seqs[dev])
@@ -397,6 +401,7 @@ def main(args: argparse.Namespace) -> int:
         fleet.stats.finished = time.monotonic()
     finally:
         acked = fleet.wait_acked(30.0)
+        fleet.stats.finished = time.monotonic()  # the final rate counts until the last ack
         client.disconnect()
         client.loop_stop()
         if truth is not None:
