@@ -397,7 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({seed_threads} won).\n"
         f"Command: `{command_line()}`\n"
         f"GEMM peak: one ORT fp32 MatMul 256x256x256 at the same thread count, same run: "
-        f"{', '.join(f'{fmt(v)} GFLOP/s ({k} threads)' for k, v in peaks(rows).items())}.\n"
+        f"{', '.join(f'{fmt(v)} GFLOP/s ({k} threads)' for k, v in peaks(rows).items())}; "
+        "int8 rows count the same multiply-adds against that fp32 peak, so they can pass 100 %.\n"
+        "Each cell: median of repeated runs after warm-up; 'best' is the fastest cell.\n"
     )
     print(header)
     print(text)
