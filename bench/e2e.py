@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -106,34 +108,60 @@ class Frames:
 
 
 class AlertClock:
-    """Subscribes to alerts and records publish->alert latency from each alert's `ts`."""
+    """A separate process subscribed to alerts, recording publish->alert latency from each
+    alert's `ts` (so the publisher's GIL does not delay the clock)."""
 
     def __init__(self, port: int) -> None:
-        self.latencies: list[float] = []
-        self.lock = threading.Lock()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        ready = threading.Event()
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe("ecg/+/alert", qos=1)
-        self.client.loop_start()
-        ready.wait(10)
+        self.conn, child = mp.Pipe()
+        self.proc = mp.get_context("spawn").Process(target=_clock_main, args=(port, child))
+        self.proc.start()
+        if not self.conn.poll(30):
+            raise SystemExit("alert clock did not subscribe")
+        self.conn.recv()
 
-    def _on_message(self, client: object, userdata: object, msg: paho.MQTTMessage) -> None:
-        now = time.time()
-        ts = float(json.loads(msg.payload)["ts"])
-        with self.lock:
-            self.latencies.append(now - ts)
-
-    def take(self) -> list[float]:
-        with self.lock:
-            out, self.latencies = self.latencies, []
-        return out
+    def take(self, expected: int, timeout: float = 120.0) -> list[float]:
+        """The latencies recorded so far, once `expected` alerts have arrived (or timeout)."""
+        self.conn.send((expected, timeout))
+        return list(self.conn.recv())
 
     def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.conn.send(None)
+        self.proc.join(10)
+
+
+def _clock_main(port: int, conn: Connection) -> None:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def on_message(client: object, userdata: object, msg: paho.MQTTMessage) -> None:
+        now = time.time()
+        ts = float(json.loads(msg.payload)["ts"])
+        with lock:
+            latencies.append(now - ts)
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_message = on_message
+    ready = threading.Event()
+    client.on_subscribe = lambda *a: ready.set()
+    client.connect("127.0.0.1", port)
+    client.subscribe("ecg/+/alert", qos=1)
+    client.loop_start()
+    ready.wait(10)
+    conn.send("ready")
+    while (cmd := conn.recv()) is not None:
+        expected, timeout = cmd
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with lock:
+                if len(latencies) >= expected:
+                    break
+            time.sleep(0.05)
+        with lock:
+            out = latencies[:]
+            latencies.clear()
+        conn.send(out)
+    client.loop_stop()
+    client.disconnect()
 
 
 def scored(metrics_port: int) -> float:
@@ -147,9 +175,12 @@ def publish_for(
     port: int, frames: Frames, seconds: float, rate_windows_s: float | None, devices: int
 ) -> int:
     """Publish frames (QoS 1) round-robin over devices for `seconds`; paced when a rate is given.
-    Returns windows published."""
+    At most 1000 unacknowledged at once (paho's own limit is off: it rescans every queued
+    message per PUBACK). Returns windows published."""
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.max_inflight_messages_set(1000)
+    client.max_inflight_messages_set(0)
+    window = threading.Semaphore(1000)
+    client.on_publish = lambda *a: window.release()
     client.connect("127.0.0.1", port)
     client.loop_start()
     seqs = [0] * devices
@@ -157,7 +188,6 @@ def publish_for(
     t0 = time.perf_counter()
     interval = frames.frame / rate_windows_s if rate_windows_s else 0.0
     i = 0
-    last_info = None
     while True:
         now = time.perf_counter()
         if now - t0 >= seconds:
@@ -166,32 +196,28 @@ def publish_for(
             due = t0 + i * interval
             if due > now:
                 time.sleep(due - now)
+        if not window.acquire(timeout=10):
+            raise SystemExit("the broker stopped acknowledging the publisher")
         d = i % devices
-        last_info = client.publish(
-            f"ecg/bench{d}/window", frames.payload(seqs[d], time.time()), qos=1
-        )
+        client.publish(f"ecg/bench{d}/window", frames.payload(seqs[d], time.time()), qos=1)
         seqs[d] += frames.frame
         sent += frames.frame
         i += 1
-        if not interval and i % 256 == 0 and len(client._out_messages) > 20000:
-            time.sleep(0.001)  # do not queue without bound inside the publisher
-    if last_info is not None:
-        last_info.wait_for_publish(60)
+    for _ in range(1000):  # every publish acknowledged
+        window.acquire(timeout=60)
     client.loop_stop()
     client.disconnect()
     return sent
 
 
-def wait_until_idle(metrics_port: int, timeout: float = 120.0) -> None:
-    last, stable_since = -1.0, time.monotonic()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = scored(metrics_port)
-        if now != last:
-            last, stable_since = now, time.monotonic()
-        elif time.monotonic() - stable_since > 1.0:
-            return
-        time.sleep(0.2)
+def wait_until_scored(metrics_port: int, target: float, timeout: float = 300.0) -> float:
+    """Wait until the daemon's windows_scored_total reaches target; seconds waited."""
+    t0 = time.monotonic()
+    while scored(metrics_port) < target:
+        if time.monotonic() - t0 > timeout:
+            raise SystemExit(f"the daemon scored {scored(metrics_port)} of {target} windows")
+        time.sleep(0.05)
+    return time.monotonic() - t0
 
 
 def pct(values: list[float], q: float) -> float:
@@ -208,16 +234,16 @@ def run_format(
     before, t0 = scored(metrics_port), time.perf_counter()
     published = publish_for(broker.port, frames, args.seconds, None, args.devices)
     pub_elapsed = time.perf_counter() - t0
-    mid = scored(metrics_port)
-    max_rate = (mid - before) / pub_elapsed
-    wait_until_idle(metrics_port)
-    clock.take()
+    # the daemon's rate: everything published, scored, over the time until the last was scored
+    wait_until_scored(metrics_port, before + published)
+    max_rate = published / (time.perf_counter() - t0)
+    clock.take(published // frames.frame)  # one alert per frame
     # (4) half of what the daemon managed, paced
     half = max_rate / 2
-    publish_for(broker.port, frames, args.seconds, half, args.devices)
-    wait_until_idle(metrics_port)
-    time.sleep(0.5)
-    lat = clock.take()
+    base = scored(metrics_port)
+    sent = publish_for(broker.port, frames, args.seconds, half, args.devices)
+    wait_until_scored(metrics_port, base + sent)
+    lat = clock.take(sent // frames.frame)
     clock.close()
     return Result(
         fmt,
