@@ -310,6 +310,10 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
     return replace(base, options=options, **overrides)
 
 
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     cfg = config_from_args(args)
@@ -319,8 +323,6 @@ def main(args: argparse.Namespace) -> int:
     )
     run_dir = fit(cfg, dataset, out, progress=not args.quiet, plots=not args.no_plots)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    print(
-        f"{run_dir}: roc_auc={metrics['roc_auc']:.4f} recall={metrics['recall']:.4f} "
-        f"false_alarm_rate={metrics['false_alarm_rate']:.4f} threshold={metrics['threshold']:.3f}"
-    )
+    shown = ("roc_auc", "recall", "false_alarm_rate", "threshold")
+    print(f"{run_dir}: " + " ".join(f"{k}={_fmt(metrics.get(k))}" for k in shown))
     return 0
