@@ -430,7 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", type=Path, help="exported .onnx (for the ONNX Runtime rows)")
     p.add_argument("--run", type=Path, help="run directory (trained weights for the torch rows)")
-    p.add_argument("--variant", default="lstm", help="architecture when no --run is given")
+    p.add_argument(
+        "--variant", help="architecture when no --run is given (default: --model's, else lstm)"
+    )
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--length", type=int, default=140)
     p.add_argument("--batches", default=None, help="comma list (default 64..32768 on GPU)")
@@ -483,6 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             .custom_metadata_map
         )
         length = int(meta.get("ecg.window_length", length))
+        args.variant = args.variant or meta.get("ecg.variant")
+    args.variant = args.variant or "lstm"
     eval_x, eval_y = eval_data(args.data, length)
     rows: list[Row] = []
     if plan["ort_rows"]:
