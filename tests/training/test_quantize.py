@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from training.quantize import QuantReport, quantize_checked, quantize_int8
 from training.train import FitConfig, fit
 
 DATA = "synthetic:600"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +151,17 @@ def test_lstm_int8_uses_the_quantised_lstm_op_and_keeps_outputs(tmp_path: Path) 
     recon, score = _session(int8).run(None, {"windows": x})
     want = _session(fp32).run(["score"], {"windows": x})[0]
     assert recon.shape == x.shape and np.allclose(score, want, rtol=0.05)
+
+
+def test_module_cli_writes_json_and_reports_bad_input_in_one_line(
+    fp32_model: Path, tmp_path: Path
+) -> None:
+    out, report = tmp_path / "m.int8.onnx", tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "training.quantize", str(fp32_model), "--data", DATA]
+    run = partial(subprocess.run, cwd=REPO, capture_output=True, text=True, check=False)
+    ok = run([*cmd, "--out", str(out), "--json", str(report)])
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(report.read_text())["accepted"] == out.is_file()
+    bad = run([*cmd[:3], str(tmp_path / "none.onnx"), "--data", DATA, "--out", str(out)])
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "no such model file" in bad.stderr
