@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -30,6 +31,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from training.data import load_dataset, synthetic_beats  # noqa: E402  (numpy only)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -120,16 +123,19 @@ def prepare_models(
     epochs: int = 2,
     latent_dims: dict[str, int] | None = None,
 ) -> dict[str, Path]:
-    """Train each variant briefly with its default recipe and export it: variant -> .onnx."""
+    """Train each variant briefly with its recipe, on `ecg-train fit`'s torch thread count,
+    and export it: variant -> .onnx."""
     from training.export import export_run  # noqa: PLC0415 (needs onnx)
-    from training.train import FitConfig, fit  # noqa: PLC0415 (needs tqdm)
+    from training.train import FitConfig, default_threads, fit  # noqa: PLC0415 (needs tqdm)
 
     dataset = load_dataset(data_spec)
     models: dict[str, Path] = {}
     for variant in variants:
         latent = (latent_dims or {}).get(variant)
         cfg = FitConfig.for_variant(variant, epochs=epochs, device="cpu", latent_dim=latent)
-        run_dir = fit(cfg, dataset, workdir / variant, progress=False)
+        run_dir = with_threads(
+            default_threads(), partial(fit, cfg, dataset, workdir / variant, progress=False)
+        )
         models[variant] = export_run(run_dir, workdir / f"{variant}.onnx")
     return models
 
@@ -181,7 +187,7 @@ def seed_lstm(length: int = 140, embedding: int = 128) -> nn.Module:
     return RecurrentAutoencoder()
 
 
-def with_threads(n: int, fn: Callable[[], float]) -> float:
+def with_threads(n: int, fn: Callable[[], T]) -> T:
     """Run `fn` with torch using `n` intra-op threads, then restore the previous setting."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
