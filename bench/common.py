@@ -239,11 +239,13 @@ def seed_train_rate(windows: np.ndarray, embedding: int = 128) -> tuple[float, f
         criterion(model(s), s).backward()
         opt.step()
     t0 = time.perf_counter()
+    losses = []
     for s in seqs:
         opt.zero_grad()
         loss = criterion(model(s), s)
         loss.backward()
         opt.step()
+        losses.append(loss.item())
     train_rate = len(seqs) / (time.perf_counter() - t0)
     model.eval()
     t0 = time.perf_counter()
