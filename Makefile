@@ -52,7 +52,7 @@ demo: $(RUN_VENV)/.installed
 # The bundled model (models/MODEL_CARD.md): the project's own training command on the
 # synthetic generator, exported with its threshold, then evaluated on held-out beats.
 BUNDLED := models/ecg-synthetic-dense.onnx
-MODEL_RECIPE := --variant dense --latent-dim 8 --fpr 0.002 --data synthetic:20000 --seed 0
+MODEL_RECIPE := --variant dense --latent-dim 8 --fpr 0.002 --calibration quantile --data synthetic:20000 --seed 0
 models: $(BIN)/.installed
 	rm -rf runs/bundled-dense
 	$(BIN)/ecg-train fit $(MODEL_RECIPE) --device cpu --threads 1 --out runs/bundled-dense --quiet

@@ -118,7 +118,7 @@ class Detector:
         return self.score_and_reconstruct(x)[1]
 
     def infer_threshold(
-        self, x_normal: np.ndarray, fpr: float = 0.01, *, method: str = "quantile"
+        self, x_normal: np.ndarray, fpr: float = 0.01, *, method: str = "auto"
     ) -> Calibration:
         """Set the threshold from normal windows only and return how it was chosen."""
         self.calibration = calibrate(self.score(x_normal), fpr, method=method)

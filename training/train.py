@@ -82,7 +82,7 @@ class FitConfig:
     options: dict[str, Any] = field(default_factory=dict)
     schedule: str = "constant"  # or "cosine": lr decays to 2 % of lr over `epochs`
     grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
-    calibration: str = "quantile"  # or "lognormal" (see training.calibrate)
+    calibration: str = "auto"  # "quantile", "lognormal" or "auto" (see training.calibrate)
 
     def __post_init__(self) -> None:
         if self.variant not in MODELS:
@@ -275,7 +275,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fpr", type=float, help="target false-alarm rate for the threshold")
     parser.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
     parser.add_argument(
-        "--calibration", choices=sorted(METHODS), help="threshold method (default quantile)"
+        "--calibration", choices=sorted(METHODS), help="threshold method (default auto: quantile when n·fpr ≥ 5, else lognormal)"
     )
     parser.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -88,7 +88,7 @@ def test_detector_contract(run_dir: Path, small: Dataset) -> None:
     with torch.no_grad():
         want, _ = detector.model.score(torch.from_numpy(small.test_x[:3]))
     np.testing.assert_allclose(scores[:3], want.numpy(), rtol=1e-5)
-    cal = detector.infer_threshold(small.val, fpr=0.1)
+    cal = detector.infer_threshold(small.val, fpr=0.1, method="quantile")
     assert cal.threshold == pytest.approx(
         float(np.quantile(detector.score(small.val), 0.9, method="higher"))
     )
