@@ -53,9 +53,7 @@ class Calibration:
         )
 
 
-def calibrate(
-    normal_scores: np.ndarray, fpr: float = 0.01, *, method: str = "auto"
-) -> Calibration:
+def calibrate(normal_scores: np.ndarray, fpr: float = 0.01, *, method: str = "auto") -> Calibration:
     """Threshold = (1 − fpr) quantile of normal scores, rounded up to an observed score
     (so at most fpr of the calibration windows lie above it), or of a robust log-normal fit."""
     if method not in METHODS:

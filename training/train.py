@@ -275,7 +275,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fpr", type=float, help="target false-alarm rate for the threshold")
     parser.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
     parser.add_argument(
-        "--calibration", choices=sorted(METHODS), help="threshold method (default auto: quantile when n·fpr ≥ 5, else lognormal)"
+        "--calibration",
+        choices=sorted(METHODS),
+        help="threshold method (default auto: quantile when n·fpr ≥ 5, else lognormal)",
     )
     parser.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

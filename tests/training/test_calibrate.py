@@ -54,7 +54,8 @@ def test_lognormal_method_estimates_the_quantile_and_shrugs_off_one_outlier() ->
     assert cal.threshold == pytest.approx(np.exp(2.0 + 2.3263 * 0.3), rel=0.03)
     small = scores[:40]
     with_outlier = np.r_[small, 500.0]
-    assert calibrate(with_outlier, 0.01, method="quantile").threshold == 500.0  # the empirical quantile is the max
+    # the empirical quantile is the max
+    assert calibrate(with_outlier, 0.01, method="quantile").threshold == 500.0
     robust = calibrate(with_outlier, 0.01, method="lognormal").threshold
     assert robust == pytest.approx(calibrate(small, 0.01, method="lognormal").threshold, rel=0.1)
     with pytest.raises(TrainingError, match="unknown calibration"):
