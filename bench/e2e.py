@@ -5,10 +5,12 @@
 
 In one run on this machine: (1) model-only windows/s (ONNX Runtime, same model, batch and
 threads as the daemon); (2) a mosquitto of its own and `ecg-monitor run` as a child process;
-per payload format, (3) a publisher at the highest rate it can for --seconds (QoS 1): windows
-scored per second by the daemon (its metrics), and (4) the same stream paced at half that rate:
-publish -> alert latency p50/p99 (every frame's first window is anomalous; `ts` = publish time).
-Prints a Markdown table. Not a test.
+per payload format, (3) a publisher at the highest rate the daemon sustains for --seconds
+(QoS 1, never more than 16k windows ahead of what the daemon has scored, read from its
+metrics): e2e windows/s = windows published / time until the daemon scored the last one; and
+(4) the same stream paced at half that rate: publish -> alert latency p50/p99, measured by a
+separate subscriber process (every frame's first window is anomalous; its `ts` is the publish
+time). Prints a Markdown table. Not a test.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -51,6 +54,20 @@ class Result:
     p50_ms: float
     p99_ms: float
     alerts: int
+
+
+def update_section(path: Path, name: str, body: str) -> None:
+    """Replace the text between `<!-- name:begin -->` and `<!-- name:end -->` (append if absent);
+    the same convention as bench/common.py, without its torch import."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else ""
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
+    path.write_text(text)
 
 
 def model_only(model: Model, batch: int, seconds: float) -> float:
@@ -303,6 +320,10 @@ def main() -> int:
     ap.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "auto"))
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--formats", default="binary,json")
+    ap.add_argument(
+        "--benchmarks", type=Path, help="also write the table into this Markdown file (section)"
+    )
+    ap.add_argument("--section", default="e2e", help="section name in --benchmarks")
     args = ap.parse_args()
     if args.model is None or not args.model.exists():
         ap.error("no model: pass --model FILE.onnx")
@@ -358,24 +379,28 @@ log_level = "warning"
             tail = (Path(tmp) / "daemon.log").read_text(errors="replace").strip()
             if tail:
                 print("daemon log:", tail[-2000:], file=sys.stderr)
-    cpu = os.cpu_count()
-    print(
-        f"\nmodel {args.model.name} ({model.info.name} {model.info.version}), "
-        f"provider {model.info.provider}, batch {args.batch}, {args.threads} ORT thread(s), "
-        f"frames of {args.frame} windows, {args.devices} devices, {args.seconds:.0f} s per run, "
-        f"{cpu} CPUs, publisher + broker + daemon on this machine\n"
-    )
-    print(
+    lines = [
+        f"`{' '.join(['bench/e2e.py', *sys.argv[1:]])}` on {platform.node()} "
+        f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: model {args.model.name} "
+        f"({model.info.name} {model.info.version}), provider {model.info.provider}, "
+        f"batch {args.batch}, {args.threads} ORT thread(s), frames of {args.frame} windows, "
+        f"{args.devices} devices, {args.seconds:g} s per run; publisher, broker, daemon and "
+        "alert subscriber on the same machine.",
+        "",
         "| format | model-only windows/s | e2e windows/s (max) | e2e / model-only "
-        "| half load windows/s | p50 ms | p99 ms | alerts timed |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        "| half load windows/s | p50 ms | p99 ms | alerts timed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        print(
+        lines.append(
             f"| {r.fmt} | {mo:,.0f} | {r.max_windows_s:,.0f} | {r.max_windows_s / mo:.1%} "
-            f"| {r.half_rate:,.0f} | {r.p50_ms:.1f} "
-            f"| {r.p99_ms:.1f} | {r.alerts} |"
+            f"| {r.half_rate:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.alerts} |"
         )
+    table = "\n".join(lines)
+    print("\n" + table)
+    if args.benchmarks:
+        update_section(args.benchmarks, args.section, table)
     return 0
 
 
