@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from training import plots
 from training.data import NORMAL_CLASS, PROTOCOLS, Dataset, check_windows, load_dataset, zscore
 from training.errors import TrainingError
 
@@ -51,6 +50,12 @@ def _curve(scores: np.ndarray, is_anomaly: np.ndarray) -> tuple[np.ndarray, np.n
     tp = np.cumsum(y)[last]
     fp = np.cumsum(~y)[last]
     return tp.astype(np.float64), fp.astype(np.float64)
+
+
+def roc_curve_points(scores: np.ndarray, is_anomaly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rates, true-positive rates) from (0, 0), one point per distinct score."""
+    tp, fp = _curve(scores, is_anomaly)
+    return np.r_[0.0, fp / int((~is_anomaly).sum())], np.r_[0.0, tp / int(is_anomaly.sum())]
 
 
 def pr_auc(scores: np.ndarray, is_anomaly: np.ndarray) -> float | None:
@@ -132,6 +137,8 @@ def _plots(
     threshold: float,
     history: dict[str, list[float]] | None,
 ) -> list[str]:
+    from training import plots  # noqa: PLC0415 (plots builds its ROC on this module's curve)
+
     normal = dataset.normal_classes[0]
     y = dataset.test_y
     written = []

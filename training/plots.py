@@ -17,6 +17,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from training.errors import TrainingError
+from training.evaluate import roc_curve_points
 
 DPI = 100
 NORMAL_COLOUR = "tab:blue"
@@ -51,17 +52,10 @@ def roc_points(
     """False/true positive rates over all thresholds (anomaly = positive) and the AUC."""
     s, y = _scores_labels(scores, labels)
     positive = y != normal_class
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
+    if positive.all() or not positive.any():
         raise PlotError("an ROC curve needs both normal and anomalous windows")
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, pos_sorted = s[order], positive[order]
     # One point per distinct score, so ties move diagonally (the standard AUC).
-    last_of_run = np.r_[np.nonzero(np.diff(s_sorted))[0], s.size - 1]
-    tp = np.cumsum(pos_sorted)[last_of_run]
-    fp = (last_of_run + 1) - tp
-    tpr = np.r_[0.0, tp / n_pos]
-    fpr = np.r_[0.0, fp / n_neg]
+    fpr, tpr = roc_curve_points(s, positive)
     auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
     return fpr, tpr, auc
 
