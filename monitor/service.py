@@ -15,6 +15,7 @@ import bisect
 import contextlib
 import functools
 import signal
+import ssl
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -83,6 +84,7 @@ class Service:
         self.exit_code = EXIT_OK
         self._stop = asyncio.Event()
         self._reloading = False
+        self._background: set[asyncio.Task[bool]] = set()
         self._inflight: asyncio.Queue[
             tuple[Batch[Delivery], Model, asyncio.Future[Inference]] | None
         ]
@@ -116,13 +118,16 @@ class Service:
                     raise ConfigError(
                         f"metrics port {self.cfg.metrics.host}:{self.cfg.metrics.port}: {e}"
                     ) from None
-            self.bridge = MqttBridge(
-                self.cfg.mqtt,
-                subscription=self.cfg.mqtt.subscription,
-                will=(self.cfg.status_topic, self.status("offline").to_json()),
-                on_message=self._on_message,
-                on_online=self._on_online,
-            )
+            try:
+                self.bridge = MqttBridge(
+                    self.cfg.mqtt,
+                    subscription=self.cfg.mqtt.subscription,
+                    will=(self.cfg.status_topic, self.status("offline").to_json()),
+                    on_message=self._on_message,
+                    on_online=self._on_online,
+                )
+            except (ssl.SSLError, OSError, ValueError) as e:  # TLS files paho cannot use
+                raise ConfigError(f"mqtt: {e}") from None
             producer = asyncio.create_task(self._produce(), name="batches")
             consumer = asyncio.create_task(self._consume(), name="results")
             tasks = [producer, consumer]
@@ -390,7 +395,9 @@ class Service:
 
     def request_reload(self, why: str) -> None:
         if not self._reloading and not self.draining:
-            asyncio.get_running_loop().create_task(self.reload(why))
+            task = asyncio.get_running_loop().create_task(self.reload(why))
+            self._background.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._background.discard)
 
     async def reload(self, why: str) -> bool:
         """Load and warm the model file again; swap only if it is good. True if swapped."""
