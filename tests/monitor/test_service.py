@@ -457,6 +457,25 @@ def test_sighup_swaps_the_model_without_losing_windows_and_keeps_it_on_a_bad_fil
     col.close()
 
 
+def test_a_changed_model_file_is_reloaded_when_watched(
+    tmp_path: Path, mosquitto: Mosquitto, daemons: list[Daemon]
+) -> None:
+    path = build_model(tmp_path / "model.onnx", version="v1")
+    config = write_config(tmp_path / "c.toml", mosquitto.port, path, model={"watch_s": 0.1})
+    col = Collector(mosquitto.port, ["ecg/watch/alert", "ecg-monitor/+/status"])
+    d = start(daemons, config, col)
+    build_model(tmp_path / "next.onnx", version="v2", threshold=21.0)
+    os.replace(tmp_path / "next.onnx", path)
+    reloaded = d.wait_event("model_reloaded")
+    assert (reloaded["previous"], reloaded["model_version"]) == ("v1", "v2")
+    pub = Publisher(mosquitto.port)
+    pub.publish("ecg/watch/window", encode_binary(0, 0.0, windows(2, np.ones(2, bool))))
+    pub.close()
+    col.wait_for(lambda: len(col.of("/alert")) >= 2, 20, "alerts")
+    assert {(a["model_version"], a["threshold"]) for a in col.of("/alert")} == {("v2", 21.0)}
+    col.close()
+
+
 # ------------------------------------------------------------------ 6. shared subscription
 
 
