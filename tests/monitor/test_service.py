@@ -401,6 +401,61 @@ def test_sigterm_drains_everything_received_then_exits_0(
     col.close()
 
 
+def test_drain_timeout_exits_1_and_the_unfinished_windows_come_back(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    broker = fresh_mosquitto
+    scores = {"publish_scores": True}
+    short = write_config(
+        tmp_path / "short.toml",
+        broker.port,
+        model,
+        alerts=scores,
+        service={"drain_timeout_s": 0.001},
+    )
+    col = Collector(broker.port, ["ecg/+/score", "ecg-monitor/+/status"])
+    first = start(daemons, short, col)
+    pub = Publisher(broker.port)
+    stream(pub, 2, 6000, frame=500)  # big messages: tens of ms of work left at SIGTERM
+    col.wait_for(lambda: len(scored_keys(col)) >= 500, 30, "scoring started")
+    first.signal(signal.SIGTERM)
+    assert first.wait(30) == 1
+    incomplete = first.wait_event("drain_incomplete")
+    assert incomplete["open_messages"] > 0
+    pub.close()
+    again = write_config(
+        tmp_path / "again.toml",
+        broker.port,
+        model,
+        alerts=scores,
+        mqtt={"client_id": tomllib.loads(short.read_text())["mqtt"]["client_id"]},
+    )
+    start(daemons, again, col)
+    want = {(f"dev{i}", s) for i in range(2) for s in range(6000)}
+    col.wait_for(lambda: want <= set(scored_keys(col)), 60, "every window scored")
+    col.close()
+
+
+def test_a_second_sigint_forces_the_exit(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    broker = fresh_mosquitto
+    config = write_config(tmp_path / "c.toml", broker.port, model, alerts={"publish_scores": True})
+    col = Collector(broker.port, ["ecg/+/score", "ecg-monitor/+/status"])
+    d = start(daemons, config, col)
+    pub = Publisher(broker.port)
+    stream(pub, 4, 16000, frame=1000)  # 560 kB messages: seconds of work queued
+    col.wait_for(lambda: len(scored_keys(col)) >= 1000, 30, "scoring started")
+    d.signal(signal.SIGINT)
+    time.sleep(0.05)
+    d.signal(signal.SIGINT)
+    assert d.wait(10) == 1
+    events = [e["event"] for e in d.events()]
+    assert "force_exit" in events and "drain_incomplete" in events
+    pub.close()
+    col.close()
+
+
 # ------------------------------------------------------------------ 5. SIGHUP
 
 
