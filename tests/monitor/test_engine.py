@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from monitor.engine import load_model, zscore
+from monitor.engine import Model, load_model, zscore
 from monitor.errors import ModelLoadError
 from tests.onnx_models import build_model, windows
 
@@ -112,3 +112,16 @@ def test_model_without_the_named_outputs_is_refused(tmp_path: Path) -> None:
     onnx.save(m, str(path))
     with pytest.raises(ModelLoadError, match="missing output"):
         load_model(path, provider="cpu")
+
+
+def test_io_binding_path_gives_the_same_outputs(tmp_path: Path) -> None:
+    """The CUDA path's IO binding calls, exercised on the CPU provider (no GPU needed)."""
+    path = build_model(tmp_path / "m.onnx")
+    plain = load_model(path, provider="cpu")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    bound = Model(session, plain.info, io_binding=True)
+    for n in (1, 7, 64):
+        x = windows(n, np.arange(n) % 3 == 0, seed=n)
+        a, b = plain.run(x), bound.run(x)
+        np.testing.assert_array_equal(a.score, b.score)
+        np.testing.assert_array_equal(a.reconstruction, b.reconstruction)
