@@ -78,6 +78,8 @@ class MqttBridge:
         self._supervisor: asyncio.Task[None] | None = None
         self._misc: asyncio.Task[None] | None = None
         self._first_error: str | None = None
+        self._was_online = False  # a CONNACK+SUBACK since the last failure: backoff restarts
+        self._session_present = False
 
         v5 = cfg.protocol == 5
         self.client = paho.Client(
@@ -157,11 +159,10 @@ class MqttBridge:
             if self._closing:
                 break
             backoff = self.cfg.reconnect_min_s if self._was_online else backoff
+            self._was_online = False
             log.warning("mqtt_reconnecting", retry_in_s=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.cfg.reconnect_max_s)
-
-    _was_online = False
 
     async def _misc_loop(self) -> None:
         while True:
@@ -317,8 +318,6 @@ class MqttBridge:
             self._set_online()
             return
         client.subscribe(self.subscription, qos=self.cfg.qos)
-
-    _session_present = False
 
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: list[Any], props: Any
