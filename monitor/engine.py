@@ -135,7 +135,17 @@ def load_model(
         spath, session, "CUDAExecutionProvider" if use_cuda else "CPUExecutionProvider"
     )
     model = Model(session, info, io_binding=use_cuda)
-    _warm_up(model, warmup_batch)
+    try:
+        _warm_up(model, warmup_batch)
+    except ModelLoadError as e:
+        if not (use_cuda and provider == "auto"):
+            raise
+        # CUDA loaded but cannot run this model (memory, kernels): CPU, said out loud
+        log.warning("cuda_warmup_failed", reason=e.reason, path=spath)
+        cpu = ort.InferenceSession(spath, opts, providers=["CPUExecutionProvider"])
+        info = _check_contract(spath, cpu, "CPUExecutionProvider")
+        model = Model(cpu, info, io_binding=False)
+        _warm_up(model, warmup_batch)
     log.info(
         "model_loaded",
         path=spath,

@@ -348,7 +348,15 @@ class Service:
                     on_done=functools.partial(self._published, d),
                 )
                 m.latency_seconds.observe(published_at - d.message.received_at)
+                log.debug("alert", device_id=frame.device_id, seq=frame.seq + row, score=score)
             m.alerts.inc(hits.size)
+        log.debug(
+            "batch_scored",
+            batch_size=n,
+            alerts=int(hits.size),
+            inference_ms=round(inference.seconds * 1000, 3),
+            model_version=model.info.version,
+        )
         for seg in segments:
             d = seg.token
             if d.scores is not None:
