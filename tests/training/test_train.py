@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import tomllib
 from dataclasses import asdict
@@ -15,6 +16,7 @@ import torch
 from training.data import Dataset, load_dataset
 from training.detector import Detector, load_checkpoint, resolve_device
 from training.errors import TrainingError
+from training.models import MODELS
 from training.train import RECIPES, FitConfig, config_from_args, configure, fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,3 +146,32 @@ def test_device_choice() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(TrainingError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("variant", sorted(RECIPES))
+def test_shipped_recipe_file_matches_the_builtin_recipe(variant: str) -> None:
+    """configs/train-<variant>.toml and RECIPES are the same recipe, so neither drifts."""
+    path = Path(__file__).resolve().parents[2] / "configs" / f"train-{variant}.toml"
+    recipe = tomllib.loads(path.read_text())
+    assert recipe.pop("variant") == variant
+    want = FitConfig.for_variant(variant)
+    # options spell out the model's own defaults (keyword arguments of its constructor)
+    model_defaults = _keyword_defaults(MODELS[variant])
+    for key, value in recipe.pop("options", {}).items():
+        assert model_defaults[key] == value, key
+    for key, value in recipe.items():
+        assert getattr(want, key) == value, key
+    for key in RECIPES[variant]:
+        assert key in recipe, f"{path.name} lacks {key}"
+
+
+def _keyword_defaults(cls: type) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for name, param in inspect.signature(init).parameters.items():
+            if param.default is not inspect.Parameter.empty:
+                out[name] = param.default
+    return out
