@@ -33,13 +33,21 @@ def build_model(
     version: str = "v1",
     preprocess: str = "none",
     extra_meta: dict[str, str] | None = None,
+    slow: int = 0,
 ) -> Path:
-    """Write an ONNX model of the contract to `path` and return it."""
+    """Write an ONNX model of the contract to `path` and return it. `slow` > 0 routes the
+    windows through that many identity MatMuls first (same outputs, more time per batch)."""
     tmpl = numpy_helper.from_array(template(length)[None, :], "template")
     alpha_t = numpy_helper.from_array(np.array(alpha, dtype=np.float32), "alpha")
     axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
-    nodes = [
-        helper.make_node("Sub", ["windows", "template"], ["centered"]),
+    eye = numpy_helper.from_array(np.eye(length, dtype=np.float32), "eye")
+    nodes = []
+    src = "windows"
+    for i in range(slow):
+        nodes.append(helper.make_node("MatMul", [src, "eye"], [f"slow{i}"]))
+        src = f"slow{i}"
+    nodes += [
+        helper.make_node("Sub", [src, "template"], ["centered"]),
         helper.make_node("Mul", ["centered", "alpha"], ["scaled"]),
         helper.make_node("Add", ["scaled", "template"], ["reconstruction"]),
         helper.make_node("Sub", ["windows", "reconstruction"], ["err"]),
@@ -54,7 +62,7 @@ def build_model(
             helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, ["batch", length]),
             helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
         ],
-        initializer=[tmpl, alpha_t, axes],
+        initializer=[tmpl, alpha_t, axes, eye],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9

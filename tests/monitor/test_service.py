@@ -402,9 +402,10 @@ def test_sigterm_drains_everything_received_then_exits_0(
 
 
 def test_drain_timeout_exits_1_and_the_unfinished_windows_come_back(
-    tmp_path: Path, fresh_mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+    tmp_path: Path, fresh_mosquitto: Mosquitto, daemons: list[Daemon]
 ) -> None:
     broker = fresh_mosquitto
+    model = build_model(tmp_path / "slow.onnx", slow=1000)  # ~10 ms per batch of 64
     scores = {"publish_scores": True}
     short = write_config(
         tmp_path / "short.toml",
@@ -416,7 +417,7 @@ def test_drain_timeout_exits_1_and_the_unfinished_windows_come_back(
     col = Collector(broker.port, ["ecg/+/score", "ecg-monitor/+/status"])
     first = start(daemons, short, col)
     pub = Publisher(broker.port)
-    stream(pub, 2, 6000, frame=500)  # big messages: tens of ms of work left at SIGTERM
+    stream(pub, 2, 3000, frame=500)  # big messages: tens of ms of work left at SIGTERM
     col.wait_for(lambda: len(scored_keys(col)) >= 500, 30, "scoring started")
     first.signal(signal.SIGTERM)
     assert first.wait(30) == 1
@@ -431,21 +432,22 @@ def test_drain_timeout_exits_1_and_the_unfinished_windows_come_back(
         mqtt={"client_id": tomllib.loads(short.read_text())["mqtt"]["client_id"]},
     )
     start(daemons, again, col)
-    want = {(f"dev{i}", s) for i in range(2) for s in range(6000)}
+    want = {(f"dev{i}", s) for i in range(2) for s in range(3000)}
     col.wait_for(lambda: want <= set(scored_keys(col)), 60, "every window scored")
     col.close()
 
 
 def test_a_second_sigint_forces_the_exit(
-    tmp_path: Path, fresh_mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+    tmp_path: Path, fresh_mosquitto: Mosquitto, daemons: list[Daemon]
 ) -> None:
     broker = fresh_mosquitto
-    config = write_config(tmp_path / "c.toml", broker.port, model, alerts={"publish_scores": True})
+    slow = build_model(tmp_path / "slow.onnx", slow=1000)  # ~10 ms per batch of 64
+    config = write_config(tmp_path / "c.toml", broker.port, slow, alerts={"publish_scores": True})
     col = Collector(broker.port, ["ecg/+/score", "ecg-monitor/+/status"])
     d = start(daemons, config, col)
     pub = Publisher(broker.port)
-    stream(pub, 4, 16000, frame=1000)  # 560 kB messages: seconds of work queued
-    col.wait_for(lambda: len(scored_keys(col)) >= 1000, 30, "scoring started")
+    stream(pub, 4, 2000, frame=100)  # seconds of work received before the signals
+    col.wait_for(lambda: len(scored_keys(col)) >= 100, 30, "scoring started")
     d.signal(signal.SIGINT)
     time.sleep(0.05)
     d.signal(signal.SIGINT)
