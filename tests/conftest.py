@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import Mosquitto
+from tests.monitor.daemon import Daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -32,6 +33,15 @@ def fresh_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker = Mosquitto(data_dir=tmp_path / "broker", persistence=True).start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemon subprocesses a test starts; each is stopped after the test."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop()
 
 
 @pytest.fixture(scope="session")

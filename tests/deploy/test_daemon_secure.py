@@ -14,7 +14,7 @@ import pytest
 from monitor.wire import encode_binary, encode_json
 from tests.deploy.clients import BrokerClient
 from tests.deploy.conftest import USERS, SecureBroker
-from tests.monitor.daemon import Daemon, write_config
+from tests.monitor.daemon import Daemon, window_keys, write_config
 from tests.onnx_models import build_model, windows
 
 pytestmark = pytest.mark.timeout(180)
@@ -88,12 +88,12 @@ def test_daemon_over_tls_scores_own_windows_and_never_injected_ones(
         assert d2.publish("ecg/d2/window", encode_json(0, 0.0, x[0])) == "Success"
 
         def scored() -> set[tuple[str, int]]:
-            keys = set()
-            for topic, payload in ops.messages:
-                if topic.endswith("/score"):
-                    r = json.loads(payload)
-                    keys.update((r["device_id"], r["seq"] + i) for i in range(r["count"]))
-            return keys
+            return {
+                key
+                for topic, payload in ops.messages
+                if topic.endswith("/score")
+                for key in window_keys(json.loads(payload))
+            }
 
         want = {("d1", s) for s in range(20)} | {("d2", 0)}
         assert ops.wait(lambda: scored() >= want, 30), (scored(), daemon.output()[-3000:])

@@ -7,7 +7,6 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from monitor.wire import encode_binary
 from tests.brokers import Mosquitto
 from tests.deploy.clients import BrokerClient
 from tests.deploy.conftest import USERS, SecureBroker
-from tests.monitor.daemon import Collector, Daemon, Publisher, write_config
+from tests.monitor.daemon import Collector, Daemon, Publisher, window_keys, write_config
 from tests.onnx_models import build_model, windows
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -25,20 +24,12 @@ FRAME = 5  # windows per binary frame
 
 
 def scored_from(messages: list[tuple[str, bytes]]) -> set[tuple[str, int]]:
-    keys: set[tuple[str, int]] = set()
-    for topic, payload in messages:
-        if topic.endswith("/score"):
-            r = json.loads(payload)
-            keys.update((r["device_id"], r["seq"] + i) for i in range(r["count"]))
-    return keys
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
+    return {
+        key
+        for topic, payload in messages
+        if topic.endswith("/score")
+        for key in window_keys(json.loads(payload))
+    }
 
 
 def test_broker_restart_mid_stream_loses_no_window(

@@ -196,3 +196,8 @@ def wait_online(collector: Collector, instance_id: str, timeout: float = 30.0) -
     result = online()
     assert result is not None
     return result
+
+
+def window_keys(report: dict[str, Any]) -> list[tuple[str, int]]:
+    """(device_id, seq) of every window one score report (`<prefix>/<device>/score`) covers."""
+    return [(report["device_id"], report["seq"] + i) for i in range(report["count"])]

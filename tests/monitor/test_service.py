@@ -17,7 +17,6 @@ import threading
 import time
 import tomllib
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,15 @@ import pytest
 
 from monitor.wire import encode_binary, encode_json
 from tests.brokers import Mosquitto, free_port, wait_for_port
-from tests.monitor.daemon import ROOT, Collector, Daemon, Publisher, wait_online, write_config
+from tests.monitor.daemon import (
+    ROOT,
+    Collector,
+    Daemon,
+    Publisher,
+    wait_online,
+    window_keys,
+    write_config,
+)
 from tests.onnx_models import LENGTH, build_model, windows
 from training.data import synthetic_beats
 
@@ -42,14 +49,6 @@ def model(tmp_path: Path) -> Path:
     return build_model(tmp_path / "model.onnx", threshold=20.0, version="v1")
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
-
-
 def start(daemons: list[Daemon], config: Path, collector: Collector) -> Daemon:
     d = Daemon(config).start()
     daemons.append(d)
@@ -62,10 +61,7 @@ def start(daemons: list[Daemon], config: Path, collector: Collector) -> Daemon:
 
 def scored_keys(collector: Collector) -> list[tuple[str, int]]:
     """(device_id, seq) of every window in the score reports received so far."""
-    keys = []
-    for r in collector.of("/score"):
-        keys.extend((r["device_id"], r["seq"] + i) for i in range(r["count"]))
-    return keys
+    return [key for r in collector.of("/score") for key in window_keys(r)]
 
 
 def stream(
