@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from training.cli import main as cli_main
 from training.data import load_dataset
 from training.errors import TrainingError
 from training.export import export_run
@@ -165,3 +166,13 @@ def test_module_cli_writes_json_and_reports_bad_input_in_one_line(
     bad = run([*cmd[:3], str(tmp_path / "none.onnx"), "--data", DATA, "--out", str(out)])
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "no such model file" in bad.stderr
+
+
+def test_ecg_train_export_int8_reports_the_check_and_writes_only_if_offered(
+    fp32_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model.onnx"
+    assert cli_main(["export", str(fp32_model.parent / "run"), "--out", str(out), "--int8"]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "int8: ROC AUC" in printed
+    assert out.with_suffix(".int8.onnx").is_file() == ("accepted" in printed)
