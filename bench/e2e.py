@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.sections import update_section  # noqa: E402
 from monitor.engine import Model, load_model  # noqa: E402
 from monitor.wire import HEADER, MAGIC, VERSION  # noqa: E402
 from tests.brokers import Mosquitto, free_port, wait_for_port  # noqa: E402
@@ -54,20 +55,6 @@ class Result:
     p50_ms: float
     p99_ms: float
     alerts: int
-
-
-def update_section(path: Path, name: str, body: str) -> None:
-    """Replace the text between `<!-- name:begin -->` and `<!-- name:end -->` (append if absent);
-    the same convention as bench/common.py, without its torch import."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    text = path.read_text() if path.exists() else ""
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        text = (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
-    path.write_text(text)
 
 
 def model_only(model: Model, batch: int, seconds: float) -> float:
