@@ -167,3 +167,38 @@ def test_update_section_replaces_between_markers_only(tmp_path: Path) -> None:
         "intro\n<!-- x:begin -->\nnew\n<!-- x:end -->\noutro\n\n"
         "<!-- y:begin -->\nother\n<!-- y:end -->\n"
     )
+
+
+def test_calibration_script_counts_misses_and_false_alarms_per_method(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/calibration.py re-scores a run on its own split and totals each method."""
+    from bench.calibration import main as calibration_main  # noqa: PLC0415
+    from training.calibrate import calibrate  # noqa: PLC0415
+    from training.data import load_dataset  # noqa: PLC0415
+    from training.detector import Detector  # noqa: PLC0415
+    from training.train import FitConfig, fit  # noqa: PLC0415
+
+    spec = "synthetic:400"
+    dataset = load_dataset(spec, seed=3)
+    run = fit(
+        FitConfig.for_variant("dense", epochs=3, seed=3),
+        dataset,
+        tmp_path / "run",
+        progress=False,
+        plots=False,
+    )
+    assert calibration_main([str(run)]) == 0
+    out = capsys.readouterr().out
+    scores = Detector.load(run).score(dataset.test_x)
+    anomalous = dataset.test_is_anomaly
+    totals = out.split("\n\n")[-1]
+    assert (
+        f"of {int(anomalous.sum())})" in totals
+        and f"of {int((~anomalous).sum())} normals" in totals
+    )
+    t = calibrate(Detector.load(run).score(dataset.val), 0.01, method="quantile").threshold
+    missed = int((scores[anomalous] <= t).sum())
+    false_alarms = int((scores[~anomalous] > t).sum())
+    assert f"| quantile | {missed} (" in totals
+    assert f"| {false_alarms} (" in totals.split("| quantile |")[1].split("\n")[0]
