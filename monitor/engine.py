@@ -17,6 +17,7 @@ import onnxruntime as ort
 import structlog
 
 from monitor.errors import ModelLoadError
+from training.data import zscore  # numpy only: the same normalisation training uses
 
 log = structlog.get_logger("monitor.engine")
 
@@ -53,14 +54,6 @@ class Inference:
     reconstruction: np.ndarray  # float32 [n, L]
     score: np.ndarray  # float32 [n]
     seconds: float
-
-
-def zscore(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Per-window z-normalisation (population std), the same as training.data.zscore."""
-    mean = x.mean(axis=1, keepdims=True)
-    std = x.std(axis=1, keepdims=True)
-    out: np.ndarray = ((x - mean) / (std + eps)).astype(np.float32, copy=False)
-    return out
 
 
 class Model:

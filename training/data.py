@@ -101,7 +101,7 @@ def zscore(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     mean = x.mean(axis=-1, keepdims=True)
     std = x.std(axis=-1, keepdims=True)
-    out: np.ndarray = ((x - mean) / (std + eps)).astype(np.float32)
+    out: np.ndarray = ((x - mean) / (std + eps)).astype(np.float32, copy=False)
     return out
 
 

@@ -86,7 +86,7 @@ class _Scorer:
     def scores(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
         """The model's scores, after the preprocessing its metadata asks the caller for."""
         if self.meta.get("ecg.preprocess", "none") == "zscore":
-            x = zscore(x).astype(np.float32)
+            x = zscore(x)
         parts = [
             self.session.run(["score"], {self.input: np.ascontiguousarray(x[i : i + batch])})[0]
             for i in range(0, len(x), batch)
