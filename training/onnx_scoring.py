@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from training.data import check_windows
+from training.data import check_windows, zscore
 from training.errors import TrainingError
 
 REQUIRED_METADATA = (
@@ -52,8 +52,11 @@ class OnnxModel:
         self.trained_on: dict[str, Any] = json.loads(meta["ecg.trained_on"])
 
     def score(self, x: np.ndarray, *, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """(L1-sum scores float32 [n], reconstructions float32 [n, L])."""
+        """(L1-sum scores float32 [n], reconstructions float32 [n, L]), after the preprocessing
+        the model's `ecg.preprocess` asks the caller for (as the daemon applies it)."""
         x = check_windows(x, str(self.path), self.window_length)
+        if self.metadata["ecg.preprocess"] == "zscore":
+            x = zscore(x)
         scores, recons = [], []
         for i in range(0, x.shape[0], batch):
             recon, score = self.session.run(

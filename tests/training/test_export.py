@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from training import export as export_module
-from training.data import Dataset, load_dataset
+from training.data import Dataset, load_dataset, zscore
 from training.detector import Detector
 from training.errors import ExportError
 from training.export import export_run
@@ -123,3 +123,16 @@ def test_export_fails_loudly_when_onnx_and_torch_disagree(
     with pytest.raises(ExportError, match="differs from torch"):
         export_run(run_dir, tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_onnx_model_applies_the_preprocessing_its_metadata_names(tmp_path: Path) -> None:
+    """A model whose ecg.preprocess is "zscore" is scored on z-normalised windows, as the
+    daemon feeds it; "none" gets the windows as they are."""
+    from tests.onnx_models import build_model, windows  # noqa: PLC0415
+
+    x = 3.0 * windows(8) + 1.0  # raw amplitudes: z-normalisation changes them
+    named = OnnxModel(build_model(tmp_path / "z.onnx", preprocess="zscore"))
+    plain = OnnxModel(build_model(tmp_path / "n.onnx"))
+    scores, _ = named.score(x)
+    np.testing.assert_allclose(scores, plain.score(zscore(x))[0], rtol=1e-6)
+    assert not np.allclose(plain.score(x)[0], scores)
