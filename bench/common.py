@@ -31,7 +31,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.sections import update_section  # noqa: E402,F401  (re-exported)
-from training.data import load_dataset, synthetic_beats  # noqa: E402  (numpy only)
+from monitor.beats import synthetic_beats  # noqa: E402
+from training.data import load_dataset  # noqa: E402  (numpy only)
 
 T = TypeVar("T")
 

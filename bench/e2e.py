@@ -41,10 +41,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.sections import update_section  # noqa: E402
+from monitor.beats import synthetic_beats  # noqa: E402
 from monitor.engine import Model, load_model  # noqa: E402
 from monitor.wire import HEADER, MAGIC, VERSION  # noqa: E402
 from tests.brokers import Mosquitto, free_port, wait_for_port  # noqa: E402
-from training.data import synthetic_beats  # noqa: E402  (numpy only)
 
 
 @dataclass

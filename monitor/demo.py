@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from monitor.beats import ECG5000_CLASSES, SYNTHETIC_CLASSES
 from monitor.broker import (
     BrokerError,
     ClientOptions,
@@ -35,7 +36,6 @@ from monitor.broker import (
 from monitor.consumer import Event, Subscriber, View
 from monitor.errors import MonitorError
 from monitor.simulate import BeatPool, Fleet, GroundTruthWriter, SentWindow
-from training.data import ECG5000_CLASSES, SYNTHETIC_CLASSES
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "ecg-synthetic-dense.onnx"

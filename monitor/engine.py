@@ -16,8 +16,8 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
+from monitor.beats import zscore  # the same normalisation training uses
 from monitor.errors import ModelLoadError
-from training.data import zscore  # numpy only: the same normalisation training uses
 
 log = structlog.get_logger("monitor.engine")
 

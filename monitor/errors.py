@@ -39,3 +39,12 @@ class ModelLoadError(MonitorError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class DataError(MonitorError):
+    """A data file or generator request that cannot be loaded or fails validation."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason

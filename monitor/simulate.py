@@ -22,10 +22,9 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from monitor import wire
+from monitor.beats import NORMAL_CLASS, read_ucr, synthetic_beats
 from monitor.broker import ClientOptions, add_client_options, connect
-from monitor.errors import MonitorError
-from training.data import NORMAL_CLASS, read_ucr, synthetic_beats
-from training.errors import DataError
+from monitor.errors import DataError, MonitorError
 
 Format = Literal["json", "binary"]
 SYNTHETIC_POOL = 2000  # beats generated up front, half normal, half anomalous

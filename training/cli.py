@@ -7,6 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from monitor.errors import DataError as SignalDataError
 from training.errors import TrainingError
 
 # subcommand -> (module, help). Each module provides
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._module.main(args))
-    except TrainingError as exc:
+    except (TrainingError, SignalDataError) as exc:
         # One line, no traceback: bad input is the user's to fix, not a crash.
         print(f"ecg-train: error: {exc}", file=sys.stderr)
         return 2

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from monitor.beats import check_windows
 from training.calibrate import Calibration, calibrate
-from training.data import check_windows
 from training.errors import TrainingError
 from training.models import Autoencoder, build_model
 

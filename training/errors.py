@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from monitor.errors import DataError as SignalDataError
+
 
 class TrainingError(Exception):
     """Anything the user can fix: bad data spec, bad file, bad option."""
 
 
-class DataError(TrainingError):
-    """A data spec or file that cannot be loaded or fails validation."""
+class DataError(TrainingError, SignalDataError):
+    """A data spec or file that cannot be loaded or fails validation.
 
-    def __init__(self, source: str, reason: str) -> None:
-        super().__init__(f"{source}: {reason}")
-        self.source = source
-        self.reason = reason
+    Also a `monitor.errors.DataError`, the one the shared readers and generators raise, so
+    `except DataError` in either package catches both.
+    """
 
 
 class ExportError(TrainingError):

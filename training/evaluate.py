@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from training.data import NORMAL_CLASS, PROTOCOLS, Dataset, check_windows, load_dataset, zscore
+from monitor.beats import NORMAL_CLASS, check_windows, zscore
+from training.data import PROTOCOLS, Dataset, load_dataset
 from training.errors import TrainingError
 
 FPR_GOAL = 0.01

@@ -23,7 +23,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from training.data import synthetic_beats
+from monitor.beats import synthetic_beats
 from training.detector import CALIBRATION, load_checkpoint, model_from_checkpoint
 from training.errors import ExportError
 from training.models import Autoencoder

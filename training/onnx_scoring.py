@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from training.data import check_windows, zscore
+from monitor.beats import check_windows, zscore
 from training.errors import TrainingError
 
 REQUIRED_METADATA = (

@@ -23,8 +23,9 @@ import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from monitor.beats import zscore
 from training.calibrate import calibrate
-from training.data import Dataset, load_dataset, zscore
+from training.data import Dataset, load_dataset
 from training.errors import TrainingError
 from training.evaluate import roc_auc
 

@@ -9,10 +9,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from monitor.beats import zscore
 from monitor.engine import Model, load_model
 from monitor.errors import ModelLoadError
 from tests.onnx_models import build_model, windows
-from training.data import zscore
 
 
 def test_loads_metadata_and_matches_a_plain_onnxruntime_session(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from monitor.beats import synthetic_beats
 from monitor.wire import encode_binary, encode_json
 from tests.brokers import Mosquitto, free_port, wait_for_port
 from tests.monitor.daemon import (
@@ -35,7 +36,6 @@ from tests.monitor.daemon import (
     write_config,
 )
 from tests.onnx_models import LENGTH, build_model, windows
-from training.data import synthetic_beats
 
 pytestmark = pytest.mark.timeout(180)
 

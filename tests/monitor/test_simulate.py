@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor import wire
+from monitor.beats import read_ucr, synthetic_beats
 from monitor.broker import BrokerAddress, ClientOptions, connect
 from monitor.simulate import BeatPool, Fleet, Picker, SimulateError, read_ground_truth
 from tests.brokers import Mosquitto
-from training.data import read_ucr, synthetic_beats
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = BeatPool.from_source("synthetic:200", seed=3)

@@ -12,8 +12,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from monitor.beats import zscore
 from training import export as export_module
-from training.data import Dataset, load_dataset, zscore
+from training.data import Dataset, load_dataset
 from training.detector import Detector
 from training.errors import ExportError
 from training.export import export_run
@@ -99,7 +100,7 @@ class NoTorch:
             raise ImportError("torch is not installed")
 sys.meta_path.insert(0, NoTorch())
 import numpy as np
-from training.data import synthetic_beats
+from monitor.beats import synthetic_beats
 from training.onnx_scoring import OnnxModel
 model = OnnxModel({str(path)!r})
 x, y = synthetic_beats(9, seed=3)
