@@ -216,8 +216,17 @@ def evaluate_run(
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="run directory or exported .onnx file")
-    parser.add_argument("--data", required=True, help="ucr:PATH | synthetic[:N] | mnist:DIR")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="ucr:PATH | synthetic[:N] | mnist:DIR | mitdb:DIR | stream-synthetic[:MINUTES]",
+    )
     parser.add_argument("--json", type=Path, help="write the metrics here as JSON")
+    parser.add_argument("--records", help="mitdb records: DS1, DS2, all, names, comma lists")
+    parser.add_argument("--lead", default="MLII", help="mitdb lead by header name")
+    parser.add_argument(
+        "--beats", type=Path, help="write one CSV row per detected beat: record,r_index,label,score"
+    )
     parser.add_argument("--plots", type=Path, help="write PNG plots into this folder")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="auto")
     parser.add_argument("--seed", type=int, help="split seed (default: the one the model used)")
@@ -230,6 +239,10 @@ def _trained_seed(info: dict[str, Any]) -> int:
 
 def main(args: argparse.Namespace) -> int:
     path: Path = args.model
+    if args.data.partition(":")[0] in ("mitdb", "stream-synthetic"):
+        from training.stream_train import evaluate_main  # noqa: PLC0415 (beats, front end)
+
+        return evaluate_main(args)
     if path.is_dir():
         from training.detector import Detector  # noqa: PLC0415 (torch only when needed)
 

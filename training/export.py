@@ -133,6 +133,10 @@ def export_run(run_dir: Path, out: Path) -> Path:
     """Write RUN_DIR's model as ONNX to OUT with its metadata; fail unless it matches torch."""
     run_dir, out = Path(run_dir), Path(out)
     ckpt = load_checkpoint(run_dir)
+    if "stream" in ckpt:  # trained on continuous records: windows + context inputs
+        from training.stream_export import export_stream_run  # noqa: PLC0415
+
+        return export_stream_run(ckpt, run_dir, out)
     model = model_from_checkpoint(ckpt)
     graph = ScoringGraph(model).eval()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from training.data import PROTOCOLS, Dataset, load_dataset
 from training.detector import CALIBRATION, CHECKPOINT, Detector, resolve_device
 from training.errors import TrainingError
 from training.evaluate import evaluate_run
+from training.mitdb import is_beat_spec
 from training.models import MODELS, Autoencoder, build_model, count_parameters
 
 # Sound defaults per variant (the same recipes live in configs/train-<variant>.toml).
@@ -264,8 +265,17 @@ def default_threads() -> int:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", choices=sorted(MODELS), help="model variant")
-    parser.add_argument("--data", required=True, help="ucr:PATH | synthetic[:N] | mnist:DIR")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="ucr:PATH | synthetic[:N] | mnist:DIR | mitdb:DIR | stream-synthetic[:MINUTES]",
+    )
     parser.add_argument("--out", type=Path, help="run directory (default runs/VARIANT-DATA-TIME)")
+    stream = parser.add_argument_group("continuous records (mitdb:, stream-synthetic)")
+    stream.add_argument("--records", help="record list: DS1, DS2, all, names, comma lists")
+    stream.add_argument("--lead", default="MLII", help="lead by header name (default MLII)")
+    stream.add_argument("--folds", type=int, help="leave-records-out folds (default 6)")
+    stream.add_argument("--segmentation", help="JSON (inline or file) overriding the default")
     parser.add_argument("--config", type=Path, help="TOML recipe (CLI flags override it)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -317,6 +327,10 @@ def _fmt(value: Any) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if is_beat_spec(args.data):
+        from training.stream_train import fit_main  # noqa: PLC0415
+
+        return fit_main(args)
     torch.set_num_threads(max(1, args.threads))
     cfg = config_from_args(args)
     dataset = load_dataset(args.data, protocol=args.protocol, seed=cfg.seed)
