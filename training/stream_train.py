@@ -211,9 +211,14 @@ def evaluate_beats(
     lead: str = "MLII",
     plots_dir: Path | None = None,
     beats_csv: Path | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
+    """Beat-level metrics of MODEL (run dir or .onnx) on SPEC's records at the model's own
+    threshold; SEED picks the synthetic patients of `stream-synthetic` (mitdb ignores it)."""
     score_fn, seg, threshold, variant = _scorer_for(Path(model))
-    data = load_beat_data(spec, seg, records=records, lead=lead, keep_signal=plots_dir is not None)
+    data = load_beat_data(
+        spec, seg, records=records, lead=lead, seed=seed, keep_signal=plots_dir is not None
+    )
     recs = list(data.records)
     scores: dict[str, np.ndarray] = {}
     for r in recs:
@@ -244,6 +249,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
         lead=args.lead,
         plots_dir=args.plots,
         beats_csv=args.beats,
+        seed=args.seed if args.seed is not None else 0,
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
