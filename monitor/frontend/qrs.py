@@ -7,13 +7,17 @@ Pipeline per chunk, vectorised: band-pass 5-15 Hz -> five-point derivative -> sq
 samples `refractory_s` after them have arrived. Decisions run on candidates only:
 
 * adaptive thresholds from the medians of the last 8 QRS and the last 8 noise peak levels
-  (Hamilton-Tompkins): TH1 = noise + 0.3125 (qrs - noise), search-back threshold TH2 = TH1 / 2;
+  (Hamilton-Tompkins): TH1 = noise + 0.15 (qrs - noise), search-back threshold TH2 = TH1 / 2;
 * T-wave discrimination: a candidate within 360 ms of the last QRS whose steepest slope is
   under half that QRS's slope is a T wave;
 * search-back: when no QRS was found for 1.66 x the mean of the last 8 RR intervals, the
   largest candidate above TH2 since the last QRS is taken (Pan-Tompkins);
+* a rejected candidate enters the noise ring clipped at TH2, so missed (e.g. ventricular)
+  beats cannot raise the threshold that missed them;
 * the R peak is refined on a wide-band (0.5-40 Hz) copy of the signal: the sample of largest
-  |amplitude| in a window before the MWI peak, its filter delay (a constant) subtracted.
+  |amplitude| from 75 ms before to 40 ms after the expected QRS centre (MWI peak minus the
+  band-pass, derivative and half-integration delays), minus that filter's group delay at
+  15 Hz (a constant: 1-3 samples).
 
 Every rule reads candidates and sample positions only, never chunk boundaries, so any chunking
 gives the same peaks to the sample. State is plain data (filter `zi`, rings, buffers).
@@ -22,6 +26,7 @@ gives the same peaks to the sample. State is plain data (filter `zi`, rings, buf
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import median
 
 import numpy as np
 from scipy import signal
@@ -66,6 +71,8 @@ class QrsDetector:
     name = DETECTOR_NAME
     band_hz = (5.0, 15.0)
     refine_band_hz = (0.5, 40.0)
+    refine_early_s = 0.075  # R search window around the expected QRS centre
+    refine_late_s = 0.040
     integration_s = 0.150
     refractory_s = 0.200
     t_wave_s = 0.360
@@ -73,7 +80,7 @@ class QrsDetector:
     searchback_factor = 1.66
     searchback_max_s = 2.0
     searchback_min_s = 0.5
-    th_fraction = 0.3125
+    th_fraction = 0.15
     ring = 8
 
     def __init__(self, fs: float, start: int = 0) -> None:
@@ -89,9 +96,10 @@ class QrsDetector:
         # Where the R peak sits relative to the MWI peak c (input time): the MWI peak trails
         # the QRS centre by the band-pass delay + derivative delay (2) + (n_int - 1) / 2.
         lag = self._bp.delay_samples + 2 + (self.n_int - 1) // 2
-        half = round(0.075 * fs)
-        self._r_from = lag + half  # search R in [c - r_from, c - r_to]
-        self._r_to = max(0, lag - half)
+        early = round(self.refine_early_s * fs)
+        late = round(self.refine_late_s * fs)
+        self._r_from = lag + early  # search R in [c - r_from, c - r_to]
+        self._r_to = max(0, lag - late)
         self._ref_delay = self._ref.delay_samples
         self.keep = 2 * self.w + max(self._r_from, self.n_int) + 8
         self.reset(start)
@@ -182,11 +190,14 @@ class QrsDetector:
             slope = float(self._d[max(0, b - self.n_int) : b + 1].max())
             a0 = max(0, b - self._r_from + self._ref_delay)
             a1 = max(a0 + 1, b - self._r_to + self._ref_delay + 1)
-            win = self._y[a0:a1]
-            r = self._buf0 + a0 + int(np.argmax(np.abs(win))) - self._ref_delay
+            r = self._buf0 + a0 + self._refine(self._y[a0:a1]) - self._ref_delay
             out.append(_Candidate(c, float(seg[kk]), slope, max(r, self._start)))
         self._next_i = last + 1
         return out
+
+    def _refine(self, win: np.ndarray) -> int:
+        """Index of the R peak in `win`: the largest |amplitude| (R, or a QS complex's nadir)."""
+        return int(np.argmax(np.abs(win)))
 
     # ---- decisions -------------------------------------------------------------------
     def _run(self, final: bool) -> np.ndarray:
@@ -207,8 +218,8 @@ class QrsDetector:
 
     def _thresholds(self) -> tuple[float, float]:
         st = self.state
-        qrs = float(np.median(st.qrs_levels))
-        noise = float(np.median(st.noise_levels)) if st.noise_levels else 0.0
+        qrs = median(st.qrs_levels)
+        noise = median(st.noise_levels) if st.noise_levels else 0.0
         th1 = noise + self.th_fraction * (qrs - noise)
         return th1, 0.5 * th1
 
@@ -254,7 +265,10 @@ class QrsDetector:
 
     def _noise(self, cand: _Candidate) -> None:
         st = self.state
-        st.noise_levels.append(cand.level)
+        # A rejected candidate above TH2 may be a missed (e.g. ventricular) beat: count it as
+        # noise only up to TH2, so missed beats cannot raise the threshold that missed them.
+        _, th2 = self._thresholds() if st.qrs_levels else (0.0, np.inf)
+        st.noise_levels.append(min(cand.level, th2))
         del st.noise_levels[: -self.ring]
 
     def _accept(self, cand: _Candidate, peaks: list[int]) -> None:
@@ -273,7 +287,7 @@ class QrsDetector:
 
     def _searchback_gap(self) -> int:
         st = self.state
-        rr = float(np.mean(st.rr)) if st.rr else 1.0 * self.fs
+        rr = sum(st.rr) / len(st.rr) if st.rr else 1.0 * self.fs
         gap = min(
             max(self.searchback_factor * rr, self.searchback_min_s * self.fs),
             self.searchback_max_s * self.fs,
@@ -294,7 +308,7 @@ class QrsDetector:
             st.pending = rest
             return
         # Nothing above TH2: the QRS level estimate is stale (amplitude fell); decay it.
-        st.qrs_levels.append(0.5 * float(np.median(st.qrs_levels)))
+        st.qrs_levels.append(0.5 * median(st.qrs_levels))
         del st.qrs_levels[: -self.ring]
         st.pending = [c for c in st.pending if c.c > st.deadline]
         st.deadline += self._searchback_gap()
