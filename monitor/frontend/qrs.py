@@ -12,8 +12,9 @@ samples `refractory_s` after them have arrived. Decisions run on candidates only
   under half that QRS's slope is a T wave;
 * search-back: when no QRS was found for 1.66 x the mean of the last 8 RR intervals, the
   largest candidate above TH2 since the last QRS is taken (Pan-Tompkins);
-* a rejected candidate enters the noise ring clipped at TH2 (of a zero noise floor), so missed (e.g. ventricular)
-  beats cannot raise the threshold that missed them;
+* a rejected candidate enters the noise ring clipped at TH2 of a zero noise floor, so missed
+  (e.g. ventricular) beats cannot raise the threshold that missed them; noise peaks older
+  than 8 s are forgotten (bounded memory);
 * the R peak is refined on a wide-band (0.5-40 Hz) copy of the signal: the sample of largest
   |amplitude| from 75 ms before to 40 ms after the expected QRS centre (MWI peak minus the
   band-pass, derivative and half-integration delays), minus that filter's group delay at
