@@ -7,7 +7,7 @@ start (so chunking does not matter). Per block (Zhao & Zhang 2018, simplified):
 * noise: kurtosis (kSQI) of the band-passed block below `min_kurtosis` (clean ECG is peaky),
   spectral ratio pSQI = P(5-15 Hz) / P(5-40 Hz) outside [0.4, 0.9], or a heart rate from the
   detector's R peaks outside 25-220 bpm.
-A new state is entered after `enter_blocks` consecutive blocks say so; `good` needs
+A new state is entered after `enter_blocks` consecutive blocks say so (lead_off: one); `good` needs
 `good_blocks` clean blocks in a row (slower to trust than to distrust).
 """
 
@@ -123,7 +123,8 @@ class QualityMonitor:
             self._run_reason = reason
         if self._blocks_done < self.learn_blocks:
             return None
-        need = self.good_blocks if verdict == "good" else self.enter_blocks
+        # A flat or saturated block is unambiguous: lead_off needs one block.
+        need = {"good": self.good_blocks, "lead_off": 1}.get(verdict, self.enter_blocks)
         if self.state != verdict and self._run_len >= need:
             self.state, self.since = verdict, self._run_since
             return QualityChange(verdict, self._run_since, self._run_reason)
