@@ -2,7 +2,8 @@
 
 The signal is judged in consecutive blocks of `block_s` seconds counted from the stream's
 start (so chunking does not matter). Per block (Zhao & Zhang 2018, simplified):
-* lead-off: flat line (peak-to-peak < `flat_mv`) or saturation (a large share of samples
+* lead-off: flat line (peak-to-peak < `flat_mv`, or `flat_run_s` of one repeated value) or
+  saturation (a large share of samples
   sitting at the block's extreme value, the rails of the ADC);
 * noise: kurtosis (kSQI) of the band-passed block below `min_kurtosis` (clean ECG is peaky),
   spectral ratio pSQI = P(5-15 Hz) / P(5-40 Hz) outside [0.4, 0.9], or a heart rate from the
@@ -35,6 +36,7 @@ class QualityMonitor:
     enter_blocks = 2
     good_blocks = 3
     flat_mv = 0.02
+    flat_run_s = 0.3  # this long without any change of value is a flat line too
     saturation_share = 0.25
     min_kurtosis = 3.0
     psqi_range = (0.4, 0.9)
@@ -91,6 +93,9 @@ class QualityMonitor:
         ptp = float(raw.max() - raw.min())
         if ptp < self.flat_mv:
             return "lead_off", f"flat line (peak-to-peak {ptp:.3f} mV)"
+        run = _longest_constant_run(raw)
+        if run >= self.flat_run_s * self.fs:
+            return "lead_off", f"flat line for {run / self.fs:.2f} s"
         at_rail = max(np.mean(raw == raw.max()), np.mean(raw == raw.min()))
         if at_rail > self.saturation_share:
             return "lead_off", f"saturation ({100 * at_rail:.0f} % of samples at the rail)"
@@ -129,3 +134,14 @@ class QualityMonitor:
             self.state, self.since = verdict, self._run_since
             return QualityChange(verdict, self._run_since, self._run_reason)
         return None
+
+
+def _longest_constant_run(x: np.ndarray) -> int:
+    """Length (samples) of the longest stretch of one repeated value."""
+    if x.size < 2:
+        return int(x.size)
+    same = np.concatenate([[False], x[1:] == x[:-1], [False]])
+    edges = np.flatnonzero(same[1:] != same[:-1])
+    if edges.size == 0:
+        return 1
+    return int((edges[1::2] - edges[0::2]).max()) + 1

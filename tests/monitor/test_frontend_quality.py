@@ -23,6 +23,18 @@ def test_clean_signal_becomes_good_and_stays_good() -> None:
     assert _changes(s.signal_mv, 250.0, 250) == [("good", 0)]
 
 
+def test_lead_off_stretch_is_reported_and_recovered() -> None:
+    fs = 250.0
+    s = synthetic_stream(200, fs, seed=22, lead_off=2)
+    ch = _changes(s.signal_mv, fs, 100)
+    for l0, l1 in s.lead_off.tolist():
+        hits = [since for state, since in ch if state == "lead_off" and l0 - fs <= since <= l1]
+        assert hits, (l0, l1, ch)
+        back = [since for state, since in ch if state == "good" and since > l0]
+        assert back and back[0] >= l1  # good again only after the electrode is back
+    assert ch[-1][0] == "good"
+
+
 def test_strong_noise_is_noisy() -> None:
     fs = 360.0
     s = synthetic_stream(60, fs, seed=23)
