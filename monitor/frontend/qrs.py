@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from statistics import median
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy import signal
 from scipy.ndimage import maximum_filter1d
 
@@ -189,15 +190,33 @@ class QrsDetector:
         k = np.arange(w, w + (last - self._next_i) + 1)
         core = seg[k]
         hit = k[(core == mx[k]) & (core > seg[k - 1]) & (core > 0.0)]
-        out = []
-        for kk in hit.tolist():
-            c = self._next_i + (kk - w)
-            b = c - self._buf0
-            slope = float(self._d[max(0, b - self.n_int) : b + 1].max())
-            a0 = max(0, b - self._r_from + self._ref_delay)
-            a1 = max(a0 + 1, b - self._r_to + self._ref_delay + 1)
-            r = self._buf0 + a0 + self._refine(self._y[a0:a1]) - self._ref_delay
-            out.append(_Candidate(c, float(seg[kk]), slope, max(r, self._start)))
+        out: list[_Candidate] = []
+        if hit.size:
+            b = hit - w + (self._next_i - self._buf0)  # buffer positions of the MWI peaks
+            a0 = b - self._r_from + self._ref_delay  # refine windows [a0, a0 + span)
+            span = self._r_from - self._r_to + 1
+            full = (b >= self.n_int) & (a0 >= 0)
+            slope = np.empty(b.size)
+            r_pos = np.empty(b.size, dtype=np.int64)
+            if full.any():
+                bf, af = b[full], a0[full]
+                slope[full] = sliding_window_view(self._d, self.n_int + 1)[bf - self.n_int].max(1)
+                wins = sliding_window_view(np.abs(self._y), span)[af]
+                r_pos[full] = af + wins.argmax(1)
+            for i in np.flatnonzero(~full).tolist():  # only right after a (re)start
+                bi = int(b[i])
+                slope[i] = self._d[max(0, bi - self.n_int) : bi + 1].max()
+                lo_i = max(0, int(a0[i]))
+                r_pos[i] = lo_i + self._refine(self._y[lo_i : max(lo_i + 1, int(a0[i]) + span)])
+            r_abs = np.maximum(self._buf0 + r_pos - self._ref_delay, self._start)
+            levels = seg[hit]
+            c_abs = self._next_i + (hit - w)
+            out = [
+                _Candidate(int(c), float(v), float(sl), int(r))
+                for c, v, sl, r in zip(
+                    c_abs.tolist(), levels.tolist(), slope.tolist(), r_abs.tolist(), strict=True
+                )
+            ]
         self._next_i = last + 1
         return out
 
