@@ -74,8 +74,8 @@ class QrsDetector:
     name = DETECTOR_NAME
     band_hz = (5.0, 15.0)
     refine_band_hz = (0.5, 40.0)
-    refine_early_s = 0.075  # R search window around the expected QRS centre
-    refine_late_s = 0.040
+    refine_early_s = 0.065
+    refine_late_s = 0.025
     integration_s = 0.150
     refractory_s = 0.200
     t_wave_s = 0.360
