@@ -301,7 +301,9 @@ class CrossConformal:
 
     def ensemble_score(self, x: np.ndarray) -> np.ndarray:
         """Mean score of the K fold models (the ensemble deployment)."""
-        return np.mean([np.asarray(m.score(x), dtype=np.float64) for m in self.models], axis=0)
+        stacked = np.stack([np.asarray(m.score(x), dtype=np.float64) for m in self.models])
+        mean: np.ndarray = stacked.mean(axis=0)
+        return mean
 
     def cv_plus_p_values(self, x: np.ndarray) -> np.ndarray:
         """Cross-conformal (CV+) p-values of new windows: (1 + Σ_i 1{oof_i ≥ s_k(i)(x)})/(n+1),
