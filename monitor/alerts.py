@@ -32,6 +32,9 @@ class Alert:
     peak_index: int
     received_at: float
     published_at: float
+    # share of calibration normals scoring at least this high (monitor.calibration);
+    # None (JSON null) for a model without calibration scores
+    p_value: float | None = None
 
     def to_json(self) -> bytes:
         return _dumps(
@@ -44,6 +47,7 @@ class Alert:
                 "model": self.model,
                 "model_version": self.model_version,
                 "peak_index": self.peak_index,
+                "p_value": self.p_value,
                 "received_at": self.received_at,
                 "published_at": self.published_at,
             }

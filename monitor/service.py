@@ -302,7 +302,7 @@ class Service:
     def _handle(self, batch: Batch[Delivery], model: Model, inference: Inference) -> None:
         assert self.bridge is not None
         threshold = self.threshold(model)
-        scores = score_batch(inference, threshold)
+        scores = score_batch(inference, threshold, model.info.p_values)
         n = batch.size
         m = self.metrics
         m.windows_scored.inc(n)
@@ -322,7 +322,10 @@ class Service:
             info = model.info
             score_list = scores.score[hits].tolist()
             peak_list = scores.peak_index[hits].tolist()
-            for i, score, peak in zip(hits.tolist(), score_list, peak_list, strict=True):
+            p_list = [None] * hits.size if scores.p_value is None else scores.p_value[hits].tolist()
+            for i, score, peak, p_value in zip(
+                hits.tolist(), score_list, peak_list, p_list, strict=True
+            ):
                 seg = segments[bisect.bisect_right(offsets, i) - 1]
                 d = seg.token
                 frame = seg.frame
@@ -339,6 +342,7 @@ class Service:
                     peak_index=peak,
                     received_at=d.message.received_at,
                     published_at=published_at,
+                    p_value=p_value,
                 )
                 d.publishes_left += 1
                 self.bridge.publish(
