@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from monitor.frontend.segment import Segmentation
-from training.calibrate import Calibration, calibrate
+from training.calibrate import METHODS, Calibration, calibrate
 from training.errors import TrainingError
 from training.mitdb import RecordBeats, split_records
 from training.models import Autoencoder, build_model, l1_sum
@@ -60,7 +60,7 @@ class StreamFitConfig:
     max_train_beats: int = 15000  # N beats sampled per fit (the cores are shared)
     folds: int = 6  # leave-records-out folds for CV and calibration
     fpr: float = 0.01
-    calibration: str = "quantile"
+    calibration: str = "cross-conformal"  # the out-of-fold N scores are cross-conformal
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -71,6 +71,8 @@ class StreamFitConfig:
             raise TrainingError("lr and gate must be > 0 and lam >= 0")
         if not 0.0 < self.fpr < 1.0:
             raise TrainingError(f"fpr must be in (0, 1), got {self.fpr}")
+        if self.calibration not in METHODS:
+            raise TrainingError(f"calibration must be one of {list(METHODS)}")
 
 
 class StreamScorer(nn.Module):
@@ -296,7 +298,7 @@ def cross_validate(
     cv = CrossValidation(folds, scores, {}, infos)
     for held in folds:
         normals = cv.normal_scores(records, set(held))
-        thr = calibrate(normals, cfg.fpr, method=cfg.calibration).threshold
+        thr = calibrate(normals, cfg.fpr, method=cfg.calibration, folds=len(folds) - 1).threshold
         for name in held:
             cv.thresholds[name] = thr
     return cv
@@ -307,7 +309,14 @@ def oof_calibration(
 ) -> Calibration:
     """The shipped threshold: the (1 − fpr) quantile of every record's out-of-fold N scores
     (each scored by a model that never saw that record)."""
-    return calibrate(cv.normal_scores(records, set()), cfg.fpr, method=cfg.calibration)
+    return calibrate(
+        cv.normal_scores(records, set()),
+        cfg.fpr,
+        method=cfg.calibration,
+        folds=len(cv.folds),
+        why=f"out-of-fold N scores of {len(records)} records, {len(cv.folds)} leave-records-out"
+        " folds",
+    )
 
 
 def scorer_from_checkpoint(ckpt: dict[str, Any]) -> StreamScorer:

@@ -156,7 +156,7 @@ def fit_main(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "fpr": args.fpr,
-        "calibration": args.calibration if args.calibration != "auto" else None,
+        "calibration": args.calibration,
         "folds": args.folds,
         "seed": args.seed,
     }

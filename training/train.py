@@ -367,7 +367,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     stream = parser.add_argument_group("continuous records (mitdb:, stream-synthetic)")
     stream.add_argument("--records", help="record list: DS1, DS2, all, names, comma lists")
     stream.add_argument("--lead", default="MLII", help="lead by header name (default MLII)")
-    stream.add_argument("--folds", type=int, help="leave-records-out folds (default 6)")
     stream.add_argument("--segmentation", help="JSON (inline or file) overriding the default")
     parser.add_argument("--config", type=Path, help="TOML recipe (CLI flags override it)")
     parser.add_argument("--epochs", type=int)
@@ -383,7 +382,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="threshold method (default cross-conformal: conformal quantile of out-of-fold "
         "scores of all normals; see training/calibrate.py)",
     )
-    parser.add_argument("--folds", type=int, help="cross-conformal folds (default 5)")
+    parser.add_argument(
+        "--folds", type=int, help="cross-conformal folds (default 5; continuous records: 6)"
+    )
     parser.add_argument(
         "--score", choices=SCORES, help="l1 (plain) or std (per-sample standardised residuals)"
     )

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from monitor.errors import DataError  # training.errors.DataError subclasses it
 from monitor.frontend.segment import BeatCutter, cut_beats
 from monitor.frontend.stream import process_record
 from tests.conftest import SHARED_DATA
 from training import beat_eval
-from training.errors import DataError
 from training.mitdb import (
     DS1,
     DS2,
