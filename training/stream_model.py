@@ -2,7 +2,7 @@
 
 A beat's score (the model's `score` output, the one number the daemon thresholds) is
 
-    score = Σ_t |w_t − ŵ_t|  +  weight · g · Σ_j |f_j − μ_j| / σ_j     (context term)
+    score = Σ_t |w_t − ŵ_t|  +  weight · Σ_j |g·f_j − μ_j| / σ_j     (context term)
 
 * `w` the beat window as the front end cut and normalised it (`ecg.segmentation`), `ŵ` the
   autoencoder's reconstruction: the window model's L1 sum.
@@ -13,7 +13,9 @@ A beat's score (the model's `score` output, the one number the daemon thresholds
   ectopic: the normal beat after a compensatory pause (long pre-RR) is not.
 * `g = 1 / (1 + rr_irregularity / gate)` when the context has `rr_irregularity`, else 1:
   RR deviations count less where every RR is irregular (atrial fibrillation).
-* `μ_j, σ_j` the median and 1.4826·MAD (+1e-3) of `g·f_j` over the training N beats, and
+* `μ_j, σ_j` the median and 1.4826·MAD (+1e-3) of `g·f_j` over the training N beats (on
+  MIT-BIH most N beats have f_j = 0, so μ = 0 and σ = 1e-3: the term is a weighted sum of the
+  gated one-sided deviations), and
   `weight = λ · median(L1) / median(term)` over the same beats, so λ is the share of the
   context term relative to a typical reconstruction error.
 
@@ -170,7 +172,7 @@ def score_definition(scorer: StreamScorer) -> dict[str, Any]:
         return {"score": "l1_sum", "formula": "sum_t |w_t - recon_t|"}
     return {
         "score": "l1_sum_plus_rr_context",
-        "formula": "sum_t |w_t - recon_t| + weight * g * sum_j |f_j - centre_j| / scale_j",
+        "formula": "sum_t |w_t - recon_t| + weight * sum_j |g * f_j - centre_j| / scale_j",
         "features": {
             "prematurity": "max(0, 1 - pre_rr_ratio)",
             "pause": "max(0, post_rr_ratio - 1)",
