@@ -281,13 +281,20 @@ class Service:
         self.metrics.rejected.inc(code=reject.code)
         log.info("rejected", device_id=reject.device_id, code=reject.code, reason=reject.reason)
         topic = self.ingest.reject_topic(reject)
+        self._publish(d, topic, reject.to_json(self.bridge.max_payload(topic)))
+
+    def _publish(self, d: Delivery, topic: str, payload: bytes) -> None:
+        """A QoS 1 output of d's message; d is acknowledged once every output has its PUBACK.
+        Counted only once it is queued, so a failure building or queueing it leaves d whole."""
+        assert self.bridge is not None
         d.publishes_left += 1
-        self.bridge.publish(
-            topic,
-            reject.to_json(self.bridge.max_payload(topic)),
-            qos=1,
-            on_done=functools.partial(self._published, d),
-        )
+        try:
+            self.bridge.publish(
+                topic, payload, qos=1, on_done=functools.partial(self._published, d)
+            )
+        except BaseException:
+            d.publishes_left -= 1
+            raise
 
     # ------------------------------------------------------------------ pipeline
 
@@ -382,13 +389,7 @@ class Service:
                     received_at=d.message.received_at,
                     published_at=published_at,
                 )
-                d.publishes_left += 1
-                self.bridge.publish(
-                    f"{self._prefix}/{frame.device_id}/alert",
-                    alert.to_json(),
-                    qos=1,
-                    on_done=functools.partial(self._published, d),
-                )
+                self._publish(d, f"{self._prefix}/{frame.device_id}/alert", alert.to_json())
                 m.latency_seconds.observe(published_at - d.message.received_at)
                 log.debug("alert", device_id=frame.device_id, seq=frame.seq + row, score=score)
             m.alerts.inc(hits.size)
@@ -449,8 +450,7 @@ class Service:
         )
         topic = f"{self._prefix}/{frame.device_id}/score"
         for part in report.parts(self.bridge.max_payload(topic), frame.window_ts):
-            d.publishes_left += 1
-            self.bridge.publish(topic, part, qos=1, on_done=functools.partial(self._published, d))
+            self._publish(d, topic, part)
 
     def _published(self, d: Delivery) -> None:
         d.publishes_left -= 1
