@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import random
 import time
 import tomllib
@@ -27,7 +28,7 @@ from training.data import PROTOCOLS, Dataset, load_dataset
 from training.detector import CALIBRATION, CHECKPOINT, Detector, resolve_device
 from training.errors import TrainingError
 from training.evaluate import evaluate_run
-from training.models import MODELS, Autoencoder, build_model, count_parameters
+from training.models import MODELS, Autoencoder, build_model, check_options, count_parameters
 
 # Sound defaults per variant (the same recipes live in configs/train-<variant>.toml).
 RECIPES: dict[str, dict[str, Any]] = {
@@ -85,12 +86,15 @@ class FitConfig:
     calibration: str = "auto"  # "quantile", "lognormal" or "auto" (see training.calibrate)
 
     def __post_init__(self) -> None:
+        # Types first (a recipe file can hold anything TOML can), then ranges.
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
         if self.variant not in MODELS:
             raise TrainingError(
                 f"unknown variant {self.variant!r} (expected one of {', '.join(MODELS)})"
             )
         for name in ("latent_dim", "epochs", "batch_size", "patience"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise TrainingError(f"lr must be > 0, got {self.lr}")
@@ -99,19 +103,40 @@ class FitConfig:
         if self.schedule not in SCHEDULES:
             raise TrainingError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.calibration not in METHODS:
-            raise TrainingError(f"calibration must be one of {list(METHODS)}")
+            raise TrainingError(
+                f"calibration must be one of {list(METHODS)}, got {self.calibration!r}"
+            )
         if self.grad_clip < 0:
             raise TrainingError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        check_options(self.variant, self.options)
 
     @classmethod
     def for_variant(cls, variant: str, **overrides: Any) -> FitConfig:
         """The variant's recipe from RECIPES with any field overridden."""
-        if variant not in RECIPES:
+        if not isinstance(variant, str) or variant not in RECIPES:
             raise TrainingError(
                 f"unknown variant {variant!r} (expected one of {', '.join(MODELS)})"
             )
         values = {**RECIPES[variant], **{k: v for k, v in overrides.items() if v is not None}}
         return cls(variant=variant, **values)
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    """TrainingError unless `value` fits the FitConfig field's annotation (a string here)."""
+    kind = str(annotation).split("[")[0]
+    if kind == "int":
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif kind == "float":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok, what = ok and math.isfinite(value), "a finite number"
+    elif kind == "str":
+        ok, what = isinstance(value, str), "a string"
+    elif kind == "dict":
+        ok, what = isinstance(value, dict), "a table of KEY = VALUE"
+    else:  # a new field type: teach this function about it
+        raise TypeError(f"FitConfig.{name}: unchecked type {annotation}")
+    if not ok:
+        raise TrainingError(f"{name} must be {what}, got {value!r}")
 
 
 def _seed_everything(seed: int) -> None:
@@ -252,6 +277,8 @@ def read_recipe(path: Path) -> dict[str, Any]:
     unknown = sorted(set(recipe) - set(CONFIG_KEYS))
     if unknown:
         raise TrainingError(f"{path}: unknown recipe keys {unknown} (allowed: {CONFIG_KEYS})")
+    if not isinstance(recipe.get("options", {}), dict):
+        raise TrainingError(f"{path}: options must be a table ([options] with KEY = VALUE lines)")
     return recipe
 
 
@@ -301,9 +328,13 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
     if variant is None:
         raise TrainingError("no variant: pass --variant or a --config recipe that names one")
     options = {**recipe.get("options", {}), **parse_options(args.option)}
-    base = FitConfig.for_variant(
-        variant, **{k: v for k, v in recipe.items() if k not in ("variant", "options")}
-    )
+    try:
+        base = FitConfig.for_variant(
+            variant, **{k: v for k, v in recipe.items() if k not in ("variant", "options")}
+        )
+        check_options(variant, recipe.get("options", {}))
+    except TrainingError as exc:
+        raise TrainingError(f"{args.config}: {exc}" if args.config else str(exc)) from None
     overrides = {
         f.name: getattr(args, f.name)
         for f in fields(FitConfig)
