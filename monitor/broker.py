@@ -74,7 +74,10 @@ class BrokerAddress:
 
 
 def add_client_options(
-    parser: argparse.ArgumentParser, *, default: str | None = "127.0.0.1:1883"
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = "127.0.0.1:1883",
+    broker_help: str = "MQTT broker",
 ) -> None:
     """The options every MQTT client command shares."""
     g = parser.add_argument_group("broker")
@@ -83,9 +86,9 @@ def add_client_options(
         type=BrokerAddress.parse,
         default=BrokerAddress.parse(default) if default else None,
         metavar="HOST:PORT",
-        help=f"MQTT broker (default {default})" if default else "MQTT broker",
+        help=broker_help,
     )
-    g.add_argument("--username", help="MQTT user name")
+    g.add_argument("--username", help="MQTT user name (default: connect without one)")
     g.add_argument("--password-file", type=Path, help="file holding the MQTT password")
     g.add_argument("--tls", action="store_true", help="connect with TLS")
     g.add_argument("--ca-file", type=Path, help="CA bundle for TLS (implies --tls)")

@@ -438,38 +438,49 @@ class Demo:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_client_options(parser, default=None)
-    parser.add_argument(
-        "--duration", type=float, default=30.0, help="seconds of traffic (default 30)"
+    add_client_options(
+        parser, default=None, broker_help="use this MQTT broker (default: start one here)"
     )
-    parser.add_argument("--devices", type=int, default=10, help="simulated devices (default 10)")
-    parser.add_argument("--rate", type=float, default=5.0, help="windows/s per device (default 5)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of traffic")
+    parser.add_argument("--devices", type=int, default=10, help="simulated devices")
+    parser.add_argument("--rate", type=float, default=5.0, help="windows/s per device")
     parser.add_argument(
         "--anomaly-fraction",
         type=float,
         default=0.2,
-        help="share of anomalous windows (default 0.2)",
+        help="share of anomalous windows",
     )
     parser.add_argument(
         "--model",
         type=Path,
         default=DEFAULT_MODEL,
-        help=f"ONNX model (default {DEFAULT_MODEL.name})",
+        help="ONNX model the daemon loads",
     )
-    parser.add_argument("--source", default="synthetic", help="beats: synthetic[:N] or ucr:PATH")
-    parser.add_argument("--seed", type=int, default=2026, help="simulator seed (default 2026)")
-    parser.add_argument("--prefix", default="ecg", help="topic prefix (default ecg)")
+    parser.add_argument(
+        "--source",
+        default="synthetic",
+        help="beats the fleet sends: synthetic[:N] or ucr:PATH (a UCR file with labels)",
+    )
+    parser.add_argument("--seed", type=int, default=2026, help="simulator seed")
+    parser.add_argument("--prefix", default="ecg", help="topic prefix")
     parser.add_argument(
         "--embedded-broker",
         choices=["auto", "mosquitto", "amqtt"],
         default="auto",
-        help="auto: mosquitto from PATH when present, else amqtt",
+        help="broker to start when --broker is not given: auto = mosquitto from PATH when "
+        "present, else amqtt (pure Python, MQTT 3.1.1, no redelivery)",
     )
     parser.add_argument(
-        "--no-live", dest="live", action="store_false", help="do not print each alert"
+        "--no-live",
+        dest="live",
+        action="store_false",
+        help="do not print each alert (the summary only)",
     )
     parser.add_argument(
-        "--ground-truth", type=Path, metavar="FILE", help="also write the ground truth here"
+        "--ground-truth",
+        type=Path,
+        metavar="FILE",
+        help="also write what the fleet sent (CSV: device_id,seq,label,is_anomaly,sent_at)",
     )
     parser.add_argument(
         "--summary-json", type=Path, metavar="FILE", help="also write the summary as JSON"

@@ -216,10 +216,21 @@ def evaluate_run(
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="run directory or exported .onnx file")
-    parser.add_argument("--data", required=True, help="ucr:PATH | synthetic[:N] | mnist:DIR")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="data whose test beats to score: ucr:PATH, synthetic[:N] or mnist:DIR",
+    )
     parser.add_argument("--json", type=Path, help="write the metrics here as JSON")
-    parser.add_argument("--plots", type=Path, help="write PNG plots into this folder")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="auto")
+    parser.add_argument(
+        "--plots", type=Path, help="write PNG plots into this folder (default: none)"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="auto",
+        help="how to split the data, as for fit: seed, ucr, or auto (ucr when both files exist)",
+    )
     parser.add_argument("--seed", type=int, help="split seed (default: the one the model used)")
 
 

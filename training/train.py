@@ -289,35 +289,109 @@ def default_threads() -> int:
     return 1
 
 
+def recipe_default(key: str) -> str:
+    """What a fit flag defaults to: the recipes' value, naming the variants that differ."""
+    fallback = {f.name: f.default for f in fields(FitConfig)}.get(key)
+    values = {variant: recipe.get(key, fallback) for variant, recipe in RECIPES.items()}
+    common = max(values.values(), key=list(values.values()).count)
+    others = ", ".join(
+        f"{v} {x:g}" if isinstance(x, float) else f"{v} {x}"
+        for v, x in values.items()
+        if x != common
+    )
+    shown = f"{common:g}" if isinstance(common, float) else str(common)
+    return f"(default: the recipe's, {shown}" + (f"; {others})" if others else ")")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", choices=sorted(MODELS), help="model variant")
-    parser.add_argument("--data", required=True, help="ucr:PATH | synthetic[:N] | mnist:DIR")
-    parser.add_argument("--out", type=Path, help="run directory (default runs/VARIANT-DATA-TIME)")
-    parser.add_argument("--config", type=Path, help="TOML recipe (CLI flags override it)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--latent-dim", type=int, help="code size (LSTM: embedding E)")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    parser.add_argument("--fpr", type=float, help="target false-alarm rate for the threshold")
-    parser.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    parser.add_argument(
+        "--variant", choices=sorted(MODELS), help="model variant (or name it in --config)"
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="data: ucr:PATH (ECG5000 file or folder), synthetic[:N] (N generated beats), "
+        "mnist:DIR",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="run directory to write (default: runs/VARIANT-DATA-TIME)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="RECIPE",
+        help="TOML training recipe, e.g. configs/train-dense.toml; flags override it",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help=f"epochs at most; early stopping may end sooner {recipe_default('epochs')}",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help=f"windows per step {recipe_default('batch_size')}"
+    )
+    parser.add_argument(
+        "--latent-dim",
+        type=int,
+        help=f"code size; for lstm the embedding size {recipe_default('latent_dim')}",
+    )
+    parser.add_argument("--lr", type=float, help=f"Adam learning rate {recipe_default('lr')}")
+    parser.add_argument(
+        "--patience",
+        type=int,
+        help="stop after this many epochs without a better validation loss "
+        + recipe_default("patience"),
+    )
+    parser.add_argument(
+        "--fpr",
+        type=float,
+        help="share of normal beats allowed to alarm; sets the threshold " + recipe_default("fpr"),
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help=f"learning-rate schedule {recipe_default('schedule')}",
+    )
     parser.add_argument(
         "--calibration",
         choices=sorted(METHODS),
-        help="threshold method (default auto: quantile when n·fpr ≥ 5, else lognormal)",
+        help="threshold method; auto = quantile when there are enough normal validation "
+        "beats (n·fpr ≥ 5), else a log-normal fit (default: auto)",
     )
-    parser.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--grad-clip",
+        type=float,
+        help=f"largest gradient norm, 0 = no clipping {recipe_default('grad_clip')}",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where to train; auto = CUDA when torch sees a GPU",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the split and the training")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="auto")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="auto",
+        help="how to split the data: seed (85/10/5 of normal beats), ucr (TRAIN/TEST files), "
+        "auto (ucr when both files are there)",
+    )
     parser.add_argument(
         "--option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="variant option, e.g. l1=0.05, sigma=0.2, noise=speckle, hidden=128",
+        help="variant option, repeatable; with their defaults: hidden=0 (dense family; 0 = "
+        "128 for ECG beats), l1=0.05 (sparse-l1), rho=0.05 beta=1.0 (sparse-kl), lam=0.01 "
+        "(contractive), noise=gaussian|speckle sigma=0.2 (denoising), beta=1.0 (vae)",
     )
-    parser.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        help="torch CPU threads (more rarely help these small models)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 

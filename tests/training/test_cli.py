@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from training.cli import main
+from monitor.cli import package_version
+from tests.cli_help import check_help
+from training.cli import build_parser, main
+from training.models import MODELS
+from training.train import RECIPES
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +182,42 @@ def test_bad_option_on_the_command_line_is_one_line(
     assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "sigma must be a finite number, got 'lots'" in err and err.count("\n") == 1
+
+
+def test_every_subcommand_shows_its_defaults_and_a_description_for_users() -> None:
+    check_help(build_parser(), "ecg-train")
+
+
+def test_fit_help_states_a_default_for_every_option_the_recipe_fills() -> None:
+    """Recipe-filled flags have no argparse default; their help names the recipe's values."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    fit = sub.choices["fit"]
+    for action in fit._actions:
+        if action.dest in RECIPES["lstm"] or action.dest in ("fpr", "calibration"):
+            assert action.help and "(default: " in action.help, action.dest
+    text = " ".join(fit.format_help().split())
+    assert f"(default: the recipe's, {RECIPES['dense']['epochs']}; lstm 200)" in text
+
+
+def test_fit_help_lists_the_variant_options_with_their_true_defaults() -> None:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    option = next(a for a in sub.choices["fit"]._actions if a.dest == "option")
+    assert option.help is not None
+    pairs = re.findall(r"(\w+)=([\w.]+)", option.help)
+    assert len(pairs) >= 7
+    defaults = {
+        (name, str(p.default))
+        for cls in MODELS.values()
+        for klass in cls.__mro__
+        if "__init__" in klass.__dict__
+        for name, p in inspect.signature(klass.__dict__["__init__"]).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    for pair in pairs:
+        assert pair in defaults, pair
+
+
+def test_ecg_train_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out == f"ecg-train {package_version()}\n"
