@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import random
+import sys
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -155,6 +156,13 @@ def _mean_val_loss(model: Autoencoder, x: torch.Tensor, batch: int = 512) -> flo
     return total / x.shape[0]
 
 
+def early_stop_line(epoch: int, patience: int, best_val: float, best_epoch: int) -> str:
+    return (
+        f"early stop at epoch {epoch}: validation loss did not improve for {patience} "
+        f"epochs; best {best_val:.4g} at epoch {best_epoch} (its weights are kept)"
+    )
+
+
 def fit(
     cfg: FitConfig, dataset: Dataset, out: Path, *, progress: bool = True, plots: bool = True
 ) -> Path:
@@ -180,8 +188,9 @@ def fit(
     history: dict[str, list[float]] = {"train": [], "train_total": [], "val": []}
     best_val, best_epoch, best_state = float("inf"), 0, copy.deepcopy(model.state_dict())
     started = time.monotonic()
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"fit {cfg.variant}", disable=not progress)
-    for epoch in bar:
+    stopped_early = False
+    bar = tqdm(total=cfg.epochs, desc=f"fit {cfg.variant}", unit="epoch", disable=not progress)
+    for epoch in range(1, cfg.epochs + 1):
         model.train()
         order = torch.randperm(train_x.shape[0], generator=shuffle).to(device)
         total_sum = rec_sum = 0.0
@@ -206,8 +215,17 @@ def fit(
             best_val, best_epoch = val, epoch
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(train=f"{history['train'][-1]:.2f}", val=f"{val:.2f}", best=best_epoch)
+        bar.update(1)  # counted here, so a stopped bar shows the epoch that stopped it
         if epoch - best_epoch >= cfg.patience:
+            stopped_early = True
             break
+    bar.close()
+    if stopped_early and progress:  # else the bar stays at "53 % 160/300" with no reason
+        print(
+            early_stop_line(len(history["val"]), cfg.patience, best_val, best_epoch),
+            file=sys.stderr,
+            flush=True,
+        )
     model.load_state_dict(best_state)
     model.eval()
     seconds = time.monotonic() - started
@@ -224,6 +242,7 @@ def fit(
         "best_val_loss": best_val,
         "best_epoch": best_epoch,
         "epochs_run": len(history["val"]),
+        "stopped_early": stopped_early,
         "train_seconds": round(seconds, 2),
         "parameters": count_parameters(model),
         "device": str(device),
