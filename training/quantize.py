@@ -27,7 +27,7 @@ from monitor.beats import zscore
 from training.calibrate import calibrate
 from training.data import Dataset, load_dataset
 from training.errors import TrainingError
-from training.evaluate import roc_auc
+from training.metrics import roc_auc
 
 MAX_AUC_DROP = 0.002
 TIMING_BATCH = 256
