@@ -180,6 +180,10 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, not {value!r}")
+        # inf or nan would pass the range checks below and hang or spin at run time; nan is
+        # allowed only where it is the documented default (model.threshold: the model's own)
+        if not math.isfinite(value) and not (math.isnan(value) and math.isnan(default)):
+            raise ConfigError(f"{where} must be a finite number, not {value!r}")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
