@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "monitor.service",
         "run the daemon",
         "Run the daemon: read heartbeat windows from MQTT, score them with the ONNX model and "
-        "publish alerts. Every setting lives in the TOML file; configs/monitor.toml lists each "
+        "publish alerts. Every setting is read from the TOML file; configs/monitor.toml lists each "
         "one with its default. SIGTERM or Ctrl-C finishes the windows already received and "
         "stops (a second Ctrl-C stops at once); SIGHUP reloads the model. Exit status: 0 "
         "stopped cleanly, 1 fatal error or forced stop, 3 bad configuration or model at start.",

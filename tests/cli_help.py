@@ -6,7 +6,14 @@ import argparse
 from collections.abc import Iterator
 
 # Words of a developer's note, not of a user's help.
-DEVELOPER_WORDS = ("module", "lives in", "DESIGN.md", "numpy only", "docstring", "the seed's")
+DEVELOPER_WORDS = (
+    "module",
+    "subcommand lives",
+    "DESIGN.md",
+    "numpy only",
+    "docstring",
+    "the seed's",
+)
 
 
 def parsers(
@@ -33,7 +40,11 @@ def check_help(parser: argparse.ArgumentParser, name: str) -> None:
             flag = action.option_strings[-1]
             assert action.help, f"{command} {flag}: no help text"
             default = action.default
-            if default in (None, False, [], argparse.SUPPRESS) or flag in ("--help", "--version"):
+            if (
+                default in (None, [], argparse.SUPPRESS)
+                or isinstance(default, bool)  # a flag: its help says what it switches
+                or flag in ("--help", "--version")
+            ):
                 continue
             shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
             assert f"(default: {shown})" in text, f"{command} {flag}: default {shown} not shown"
