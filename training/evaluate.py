@@ -139,7 +139,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", type=Path, help="write the metrics here as JSON")
     parser.add_argument("--records", help="mitdb records: DS1, DS2, all, names, comma lists")
-    parser.add_argument("--lead", default="MLII", help="mitdb lead by header name")
+    parser.add_argument("--lead", default="MLII", help="mitdb lead by header name (default: MLII)")
     parser.add_argument(
         "--beats", type=Path, help="write one CSV row per detected beat: record,r_index,label,score"
     )

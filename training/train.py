@@ -431,7 +431,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     stream = parser.add_argument_group("continuous records (mitdb:, stream-synthetic)")
     stream.add_argument("--records", help="record list: DS1, DS2, all, names, comma lists")
-    stream.add_argument("--lead", default="MLII", help="lead by header name (default MLII)")
+    stream.add_argument("--lead", default="MLII", help="lead by header name (default: MLII)")
     stream.add_argument("--segmentation", help="JSON (inline or file) overriding the default")
     parser.add_argument(
         "--config",
@@ -472,8 +472,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calibration",
         choices=sorted(METHODS),
-        help="threshold method (default cross-conformal: conformal quantile of out-of-fold "
-        "scores of all normals; see training/calibrate.py)",
+        help="threshold method: cross-conformal = conformal quantile of out-of-fold scores of "
+        "all normals, see training/calibrate.py (default: cross-conformal)",
     )
     parser.add_argument(
         "--folds", type=int, help="cross-conformal folds (default 5; continuous records: 6)"

@@ -141,6 +141,8 @@ RECIPE_CASES = {
     "schedule as a number": ("schedule = 3", "schedule must be a string"),
     "schedule unknown": ('schedule = "step"', "schedule must be one of"),
     "calibration unknown": ('calibration = "median"', "calibration must be one of"),
+    "score unknown": ('score = "l2"', "score must be one of"),
+    "folds too few": ("folds = 1", "folds must be >= 2"),
     "variant as a list": ('variant = ["dense"]', "unknown variant"),
     "variant unknown": ('variant = "gru"', "unknown variant 'gru'"),
     "options not a table": ("options = 5", "options must be a table"),
