@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("monitor.simulate", "a simulated device fleet publishing heartbeat windows"),
     "alerts": ("monitor.consumer", "print alerts as they arrive"),
     "demo": ("monitor.demo", "broker, daemon, fleet and alert view on this machine"),
+    "view": ("monitor.view", "live central-station web page: strips, heart rate, quality, alarms"),
 }
 
 

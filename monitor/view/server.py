@@ -1,0 +1,254 @@
+"""The view's HTTP/WebSocket server (aiohttp) and its MQTT feed (paho, subscribe only).
+
+paho's network thread only appends raw messages to a deque; the event loop drains it ten
+times a second, folds the messages into `FleetState` and sends each page what changed (one
+batched WebSocket message per page per tick). The MQTT client never publishes: the view is
+read-only towards devices and daemons; acknowledging an alarm changes the view's own state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from aiohttp import WSMsgType, web
+
+from monitor.broker import ClientOptions, connect
+from monitor.view.state import ClientCursor, FleetState
+
+log = structlog.get_logger("monitor.view")
+
+STATIC = Path(__file__).resolve().parent / "static"
+TICK_HZ = 10.0
+MAX_QUEUE = 200_000  # messages waiting for the loop; beyond this the oldest are dropped
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(eq=False)
+class Page:
+    ws: web.WebSocketResponse
+    cursor: ClientCursor = field(default_factory=ClientCursor)
+    busy: bool = False  # a send is still in progress: skip this tick, catch up on the next
+
+
+class MqttFeed:
+    """Subscribe-only paho client; messages are queued for the event loop as they come."""
+
+    def __init__(self, opts: ClientOptions, state: FleetState, client_id: str) -> None:
+        self.opts = opts
+        self.state = state
+        self.client_id = client_id
+        self.queue: deque[tuple[str, bytes, float]] = deque(maxlen=MAX_QUEUE)
+        self.links: deque[tuple[bool, float]] = deque()
+        self.client: mqtt.Client | None = None
+
+    def start(self) -> None:
+        """Connect and subscribe (BrokerError if the broker refuses); reconnects on its own."""
+        client = connect(
+            self.opts,
+            self.client_id,
+            on_message=self._on_message,
+            subscriptions=self.state.subscriptions(),
+        )
+        subscribe_on_connect = client.on_connect
+
+        def on_connect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
+            subscribe_on_connect(c, u, f, reason, p)
+            if not reason.is_failure:
+                self.links.append((True, time.time()))
+
+        def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
+            self.links.append((False, time.time()))
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.reconnect_delay_set(min_delay=1, max_delay=4)
+        self.links.append((True, time.time()))
+        self.client = client
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        self.queue.append((msg.topic, bytes(msg.payload), time.time()))
+
+    def drain(self) -> int:
+        """Fold every queued message and link change into the state (on the loop thread)."""
+        while self.links:
+            up, at = self.links.popleft()
+            self.state.set_broker(up, at)
+        n = 0
+        q, on_message = self.queue, self.state.on_message
+        while q:
+            topic, payload, at = q.popleft()
+            on_message(topic, payload, at)
+            n += 1
+        return n
+
+    def stop(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.disconnect()
+                self.client.loop_stop()
+            self.client = None
+
+
+class ViewServer:
+    """The web app: `/` the page, `/static/*` its files, `/ws` updates, `/api/state` JSON."""
+
+    def __init__(self, feed: MqttFeed, *, tick_hz: float = TICK_HZ) -> None:
+        self.feed = feed
+        self.state = feed.state
+        self.tick_s = 1.0 / tick_hz
+        self.pages: set[Page] = set()
+        self.app = web.Application()
+        self.app.router.add_get("/", self.index)
+        self.app.router.add_get("/ws", self.websocket)
+        self.app.router.add_get("/api/state", self.api_state)
+        self.app.router.add_static("/static/", STATIC, show_index=False)
+        self.runner: web.AppRunner | None = None
+        self.ticks = 0
+        self.url = ""
+
+    async def index(self, _request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def api_state(self, _request: web.Request) -> web.Response:
+        s = self.state
+        body = {
+            "meta": s.meta(),
+            "devices": [d.summary() for d in s.devices.values()],
+            "alarms": [a.to_json() for a in list(s.alarms)[-50:]],
+            "messages": s.messages,
+            "skipped": s.skipped,
+            "pages": len(self.pages),
+        }
+        return web.json_response(body, dumps=_dumps)
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.split("://", 1)[-1] != request.host:
+            # Another site's page in the same browser must not read the fleet.
+            raise web.HTTPForbidden(text="cross-origin WebSocket refused")
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=1 << 16)
+        await ws.prepare(request)
+        page = Page(ws)
+        self.feed.drain()
+        await ws.send_str(_dumps(self.state.snapshot(page.cursor)))
+        self.pages.add(page)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self.on_page_message(page, msg.data)
+        finally:
+            self.pages.discard(page)
+        return ws
+
+    async def on_page_message(self, page: Page, text: str) -> None:
+        """A page's request: which devices it shows, an acknowledgement, a device's detail."""
+        try:
+            req = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(req, dict):
+            return
+        kind = req.get("t")
+        if kind == "watch" and isinstance(req.get("devices"), list):
+            watched = {d for d in req["devices"] if isinstance(d, str)}
+            for gone in page.cursor.watched - watched:
+                page.cursor.pieces.pop(gone, None)  # sent again in full when shown again
+            page.cursor.watched = watched
+        elif kind == "ack":
+            ids = req.get("ids")
+            device = req.get("device")
+            self.state.ack(
+                [i for i in ids if isinstance(i, int)] if isinstance(ids, list) else None,
+                device if isinstance(device, str) else None,
+            )
+        elif kind == "device" and isinstance(req.get("id"), str):
+            detail = self.state.device_detail(req["id"])
+            if detail is not None:
+                await page.ws.send_str(_dumps(detail))
+
+    async def _send(self, page: Page, text: str) -> None:
+        page.busy = True
+        try:
+            await page.ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            page.busy = False
+
+    async def ticker(self) -> None:
+        """Ten times a second: drain MQTT, update the state, send each page its changes."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += self.tick_s
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if loop.time() - next_at > 1.0:
+                next_at = loop.time()  # fell far behind (suspended): do not burst
+            self.feed.drain()
+            self.state.tick(time.time())
+            self.ticks += 1
+            for page in list(self.pages):
+                if page.busy or page.ws.closed:
+                    continue
+                update = self.state.update(page.cursor)
+                if update is not None:
+                    update["now"] = time.time()
+                    loop.create_task(self._send(page, _dumps(update)))
+
+    async def start(self, host: str, port: int) -> str:
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound}/"
+        return self.url
+
+    async def stop(self) -> None:
+        for page in list(self.pages):
+            with contextlib.suppress(Exception):
+                await page.ws.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def serve(
+    opts: ClientOptions, *, prefix: str, host: str, port: int, client_id: str
+) -> int:
+    """Run until SIGINT/SIGTERM; prints the page's URL once it is listening."""
+    state = FleetState(prefix)
+    feed = MqttFeed(opts, state, client_id)
+    await asyncio.get_running_loop().run_in_executor(None, feed.start)
+    server = ViewServer(feed)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        url = await server.start(host, port)
+        print(f"view: {url} (broker {opts.broker}, topics {prefix}/+/...)", flush=True)
+        ticker = loop.create_task(server.ticker())
+        await stop.wait()
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+    finally:
+        await server.stop()
+        feed.stop()
+    return 0
