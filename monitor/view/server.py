@@ -62,7 +62,7 @@ class MqttFeed:
             on_message=self._on_message,
             subscriptions=self.state.subscriptions(),
         )
-        subscribe_on_connect = client.on_connect
+        subscribe_on_connect: Any = client.on_connect
 
         def on_connect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
             subscribe_on_connect(c, u, f, reason, p)
@@ -110,6 +110,7 @@ class ViewServer:
         self.state = feed.state
         self.tick_s = 1.0 / tick_hz
         self.pages: set[Page] = set()
+        self._sends: set[asyncio.Task[None]] = set()
         self.app = web.Application()
         self.app.router.add_get("/", self.index)
         self.app.router.add_get("/ws", self.websocket)
@@ -206,7 +207,9 @@ class ViewServer:
                 update = self.state.update(page.cursor)
                 if update is not None:
                     update["now"] = time.time()
-                    loop.create_task(self._send(page, _dumps(update)))
+                    task = loop.create_task(self._send(page, _dumps(update)))
+                    self._sends.add(task)
+                    task.add_done_callback(self._sends.discard)
 
     async def start(self, host: str, port: int) -> str:
         self.runner = web.AppRunner(self.app, access_log=None)
@@ -228,9 +231,7 @@ class ViewServer:
             await self.runner.cleanup()
 
 
-async def serve(
-    opts: ClientOptions, *, prefix: str, host: str, port: int, client_id: str
-) -> int:
+async def serve(opts: ClientOptions, *, prefix: str, host: str, port: int, client_id: str) -> int:
     """Run until SIGINT/SIGTERM; prints the page's URL once it is listening."""
     state = FleetState(prefix)
     feed = MqttFeed(opts, state, client_id)

@@ -51,7 +51,7 @@ def decode_stream(payload: bytes) -> Chunk | None:
     """
     try:
         if payload[:4] == b"ECGS":
-            magic, version, fmt, n, start, ts, fs, gain = _ECGS.unpack_from(payload)
+            _magic, version, fmt, n, start, ts, fs, gain = _ECGS.unpack_from(payload)
             if version != 1 or not 1 <= n <= MAX_STREAM_SAMPLES:
                 return None
             if fmt == 1 and len(payload) == _ECGS.size + 4 * n:
@@ -299,7 +299,7 @@ class Device:
         assert self.fs is not None
         cap = self.raw.size
         if cap == 0:
-            cap = int(math.ceil(RAW_KEEP_S * self.fs))
+            cap = math.ceil(RAW_KEEP_S * self.fs)
             self.raw = np.zeros(cap, np.float32)
         if start != self.raw_end:
             self.raw_from = start
