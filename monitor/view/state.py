@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ MAX_ALARMS = 1000  # alarms kept for the list (newest)
 DEVICE_ALARMS = 20  # alarms (with their beats) kept per device for its page
 QUALITY_HISTORY = 20
 LIVE_S = 3.0  # a stream device with no chunk for this long is shown as "no data"
+FLUSH_S = 1.0  # chunks of a device no page shows are processed once a second, in one batch
 MAX_STREAM_SAMPLES = 60 * 1000  # a chunk over 60 s at 1 kHz is not a stream chunk
 
 # Stream payloads (DESIGN.md "Continuous ECG streams"): the ECGS frame or JSON.
@@ -44,8 +46,30 @@ class Chunk:
     samples: np.ndarray  # float32 [n]
 
 
-def decode_stream(payload: bytes) -> Chunk | None:
-    """A stream chunk (ECGS frame or JSON), or None for anything that is not a valid one.
+@dataclass(frozen=True, slots=True)
+class ChunkHead:
+    """A stream chunk whose header was checked; its samples are read later, in batches."""
+
+    start: int
+    ts: float  # NaN when the device sent none
+    fs: float
+    n: int
+    body: bytes | np.ndarray  # ECGS: the raw sample bytes; JSON: the samples, decoded
+    dtype: str  # "<f4", "<i2", or "" for decoded samples
+    gain: float
+
+    def follows(self, other: ChunkHead) -> bool:
+        """Same kind of samples and starts where `other` ends: the two read as one array."""
+        return (
+            self.start == other.start + other.n
+            and self.fs == other.fs
+            and self.dtype == other.dtype
+            and self.gain == other.gain
+        )
+
+
+def read_stream(payload: bytes) -> ChunkHead | None:
+    """The header of a stream chunk (ECGS frame or JSON), or None when it is not a valid one.
 
     The daemon rejects bad chunks with a reason; the view only needs to skip them.
     """
@@ -55,9 +79,10 @@ def decode_stream(payload: bytes) -> Chunk | None:
             if version != 1 or not 1 <= n <= MAX_STREAM_SAMPLES:
                 return None
             if fmt == 1 and len(payload) == _ECGS.size + 4 * n:
-                x = np.frombuffer(payload, "<f4", n, _ECGS.size).astype(np.float32)
+                body: bytes | np.ndarray = payload[_ECGS.size :]
+                dtype, gain = "<f4", 1.0
             elif fmt == 2 and len(payload) == _ECGS.size + 2 * n and gain > 0:
-                x = np.frombuffer(payload, "<i2", n, _ECGS.size).astype(np.float32) / gain
+                body, dtype = payload[_ECGS.size :], "<i2"
             else:
                 return None
         else:
@@ -70,14 +95,41 @@ def decode_stream(payload: bytes) -> Chunk | None:
                 return None
             if not 1 <= len(samples) <= MAX_STREAM_SAMPLES:
                 return None
-            x = np.asarray(samples, dtype=np.float32)
+            body, dtype, gain = np.asarray(samples, dtype=np.float32), "", 1.0
+            if body.ndim != 1:
+                return None
+            n = body.size
             ts = float(ts) if ts is not None else math.nan
             fs = float(fs) if fs is not None else math.nan
     except (ValueError, TypeError, struct.error, UnicodeDecodeError):
         return None
-    if start < 0 or not 1.0 <= fs <= 10_000.0 or x.ndim != 1 or not np.isfinite(x).all():
+    if start < 0 or not 1.0 <= fs <= 10_000.0:
         return None
-    return Chunk(int(start), float(ts) if math.isfinite(ts) else math.nan, float(fs), x)
+    return ChunkHead(int(start), float(ts), float(fs), int(n), body, dtype, float(gain))
+
+
+def samples_of(heads: list[ChunkHead]) -> np.ndarray | None:
+    """The samples (mV, float32) of consecutive chunks as one array; None if any is not finite."""
+    h = heads[0]
+    if isinstance(h.body, bytes):
+        raw = b"".join(c.body for c in heads if isinstance(c.body, bytes))
+        x = np.frombuffer(raw, h.dtype).astype(np.float32)
+        if h.dtype == "<i2":
+            x /= np.float32(h.gain)
+    else:
+        x = np.concatenate([c.body for c in heads if isinstance(c.body, np.ndarray)])
+    if not np.isfinite(x).all():
+        return None
+    return x
+
+
+def decode_stream(payload: bytes) -> Chunk | None:
+    """A whole stream chunk, or None for anything that is not a valid one."""
+    head = read_stream(payload)
+    x = samples_of([head]) if head is not None else None
+    if head is None or x is None:
+        return None
+    return Chunk(head.start, head.ts, head.fs, x)
 
 
 @dataclass
@@ -98,12 +150,14 @@ class Piece:
 
 
 class Decimator:
-    """Full-rate chunks to ~DISPLAY_HZ points: bins of k samples, each shown by its sample
-    farthest from the bin mean (keeps R peaks and S troughs, unlike plain averaging)."""
+    """Full-rate chunks to ~DISPLAY_HZ points: bins of 2k samples, each shown by its minimum
+    and its maximum in the order they occur (keeps R peaks and S troughs, which averaging or
+    plain subsampling would flatten); the same points whatever the chunking."""
 
     def __init__(self, fs: float) -> None:
         self.fs = fs
-        self.k = max(1, round(fs / DISPLAY_HZ))
+        self.k = max(1, round(fs / DISPLAY_HZ))  # one point per k samples
+        self._bin = 1 if self.k == 1 else 2 * self.k
         self.next_index: int | None = None  # next raw sample expected
         self._carry = np.zeros(0, np.float32)  # samples of the incomplete bin
         self._carry_start = 0  # raw index of _carry[0]
@@ -124,21 +178,27 @@ class Decimator:
         self.next_index = start + x.size
         buf = np.concatenate([self._carry, x]) if self._carry.size else x
         first = self._carry_start
-        n = buf.size // self.k
-        self._carry = buf[n * self.k :].copy()
-        self._carry_start = first + n * self.k
+        b = self._bin
+        n = buf.size // b
+        self._carry = buf[n * b :].copy()
+        self._carry_start = first + n * b
         if n == 0:
             return first, np.zeros(0, np.float32), gap
-        if self.k == 1:
+        if b == 1:
             return first, buf[:n].astype(np.float32), gap
-        bins = buf[: n * self.k].reshape(n, self.k)
-        pick = np.abs(bins - bins.mean(axis=1, keepdims=True)).argmax(axis=1)
-        return first, bins[np.arange(n), pick].astype(np.float32), gap
+        bins = buf[: n * b].reshape(n, b)
+        hi, lo = bins.max(axis=1), bins.min(axis=1)
+        max_first = bins.argmax(axis=1) < bins.argmin(axis=1)
+        out = np.empty((n, 2), np.float32)
+        out[:, 0] = np.where(max_first, hi, lo)
+        out[:, 1] = np.where(max_first, lo, hi)
+        return first, out.ravel(), gap
 
 
 class RateEstimator:
     """Heart rate for the display from R peaks found on the decimated signal: steepest-slope
-    peaks above 40 % of the recent maximum slope, 250 ms refractory, median of the last RRs."""
+    peaks above 40 % of the recent maximum slope, 250 ms refractory, median of the last RRs.
+    Works on whole batches (a second of signal at a time), so its cost is a few numpy calls."""
 
     WINDOW_S = 3.0
     REFRACTORY_S = 0.25
@@ -146,47 +206,53 @@ class RateEstimator:
     MAX_RR = 8
 
     def __init__(self) -> None:
-        self._t: deque[float] = deque()
-        self._v: deque[float] = deque()
+        self._v = np.zeros(0, np.float32)
+        self._t0 = 0.0  # device time of _v[0]
+        self._dt = 0.0
         self.last_peak: float | None = None
         self.rr: deque[float] = deque(maxlen=self.MAX_RR)
 
     def reset(self) -> None:
-        self._t.clear()
-        self._v.clear()
+        self._v = np.zeros(0, np.float32)
         self.last_peak = None
         self.rr.clear()
 
     def feed(self, t0: float, dt: float, values: np.ndarray) -> list[float]:
-        """Device times of the R peaks confirmed by these points."""
-        for i, v in enumerate(values.tolist()):
-            self._t.append(t0 + i * dt)
-            self._v.append(v)
-        while self._t and self._t[0] < self._t[-1] - self.WINDOW_S:
-            self._t.popleft()
-            self._v.popleft()
-        if len(self._v) < 8:
+        """Device times of the R peaks confirmed by these points (contiguous with the last)."""
+        expected = self._t0 + self._dt * self._v.size
+        if self._v.size == 0 or dt != self._dt or abs(t0 - expected) > 1.5 * dt:
+            if self._v.size:
+                self.reset()
+            self._v, self._t0, self._dt = values.astype(np.float32), t0, dt
+        else:
+            self._v = np.concatenate([self._v, values])
+        keep = round(self.WINDOW_S / dt)
+        if self._v.size > keep:
+            self._t0 += (self._v.size - keep) * dt
+            self._v = self._v[-keep:]
+        if self._v.size < 8:
             return []
-        t = np.fromiter(self._t, float, len(self._t))
-        slope = np.abs(np.diff(np.fromiter(self._v, float, len(self._v))))
+        slope = np.abs(np.diff(self._v))
         top = float(slope.max())
         if top <= 1e-6:
             return []
-        half = max(1, round(self.REFRACTORY_S / 2 / dt))
+        above = np.concatenate([[0], (slope > 0.4 * top).view(np.int8), [0]])
+        edges = np.flatnonzero(np.diff(above))
+        t_confirm = self._t0 + dt * self._v.size - self.CONFIRM_S
         found = []
-        for i in np.flatnonzero(slope > 0.4 * top).tolist():
-            ti = float(t[i])
-            if ti > t[-1] - self.CONFIRM_S:
+        lo_runs, hi_runs = edges[0::2], edges[1::2]
+        if self.last_peak is not None:  # runs already looked at in an earlier call
+            new = hi_runs > (self.last_peak + self.REFRACTORY_S - self._t0) / dt
+            lo_runs, hi_runs = lo_runs[new], hi_runs[new]
+        for lo, hi in zip(lo_runs.tolist(), hi_runs.tolist(), strict=True):
+            ti = self._t0 + dt * (lo + int(slope[lo:hi].argmax()))
+            if ti > t_confirm:
                 break
-            if self.last_peak is not None and ti < self.last_peak + self.REFRACTORY_S:
-                continue
-            lo, hi = max(0, i - half), min(slope.size, i + half + 1)
-            if slope[i] < slope[lo:hi].max():
-                continue
             if self.last_peak is not None:
-                rr = ti - self.last_peak
-                if rr < 2.5:
-                    self.rr.append(rr)
+                if ti < self.last_peak + self.REFRACTORY_S:
+                    continue
+                if ti - self.last_peak < 2.5:
+                    self.rr.append(ti - self.last_peak)
             self.last_peak = ti
             found.append(ti)
         return found
@@ -195,7 +261,9 @@ class RateEstimator:
         """Median-RR heart rate; None with fewer than two RRs or no beat for 3 s."""
         if len(self.rr) < 2 or self.last_peak is None or now_t - self.last_peak > 3.0:
             return None
-        hr = 60.0 / float(np.median(np.fromiter(self.rr, float, len(self.rr))))
+        rr = sorted(self.rr)
+        mid = len(rr) // 2
+        hr = 60.0 / (rr[mid] if len(rr) % 2 else (rr[mid - 1] + rr[mid]) / 2)
         return hr if 20.0 <= hr <= 300.0 else None
 
 
@@ -214,6 +282,7 @@ class Alarm:
     hr_bpm: float | None
     model: str
     received_at: float
+    published_at: float | None = None  # the daemon's clock
     acked: bool = False
     r_index: int | None = None  # stream sample index of the beat, when known
     beat: dict[str, Any] | None = None  # the signal around it, once the view has it
@@ -231,6 +300,7 @@ class Alarm:
             "hr_bpm": self.hr_bpm,
             "model": self.model,
             "received_at": self.received_at,
+            "published_at": self.published_at,
             "acked": self.acked,
         }
 
@@ -240,7 +310,8 @@ class Device:
     """Everything the view shows for one device."""
 
     id: str
-    version: int = 0  # bumped whenever the summary changes
+    version: int = 0  # bumped whenever the summary changes (but for the heart rate)
+    hr_version: int = 0  # bumped whenever the rounded heart rate changes
     fs: float | None = None
     decimator: Decimator | None = None
     pieces: deque[Piece] = field(default_factory=deque)
@@ -263,6 +334,9 @@ class Device:
     raw_from: int = 0  # oldest valid index (gaps and fs changes restart it)
     anchor: tuple[int, float] = (0, math.nan)  # (sample index, device time) of the last chunk
     pending: list[Alarm] = field(default_factory=list)  # alarms waiting for their beat's samples
+    inbox: list[tuple[ChunkHead, float]] = field(default_factory=list)  # (chunk, received)
+    flushed_at: float = 0.0
+    phase: float = 0.0  # where in each FLUSH_S period an unwatched device is processed
 
     def summary(self) -> dict[str, Any]:
         q = self.quality or {}
@@ -305,8 +379,10 @@ class Device:
             self.raw_from = start
         if x.size >= cap:
             x, start = x[-cap:], start + x.size - cap
-        pos = np.arange(start, start + x.size) % cap
-        self.raw[pos] = x
+        at = start % cap
+        first = min(x.size, cap - at)
+        self.raw[at : at + first] = x[:first]
+        self.raw[: x.size - first] = x[first:]
         self.raw_end = start + x.size
         self.raw_from = max(self.raw_from, self.raw_end - cap)
 
@@ -342,6 +418,7 @@ class ClientCursor:
 
     watched: set[str] = field(default_factory=set)
     versions: dict[str, int] = field(default_factory=dict)
+    hr_versions: dict[str, int] = field(default_factory=dict)
     pieces: dict[str, int] = field(default_factory=dict)
     alarm_id: int = 0  # alarms with a larger id are new to it
     ack_version: int = 0
@@ -364,6 +441,23 @@ class FleetState:
         self.meta_version = 0
         self.messages = 0
         self.skipped = 0  # messages that were not valid (or not ours)
+        self._topics: dict[str, tuple[str, str] | None] = {}  # topic -> (device, kind)
+
+    def _parse_topic(self, topic: str) -> tuple[str, str] | None:
+        hit = self._topics.get(topic, False)
+        if hit is not False:
+            return hit  # type: ignore[return-value]
+        head = self.prefix + "/"
+        device_id, _, kind = topic[len(head) :].rpartition("/")
+        parsed = (
+            (device_id, kind)
+            if topic.startswith(head) and wire.DEVICE_ID_RE.match(device_id)
+            else None
+        )
+        if len(self._topics) > 100_000:
+            self._topics.clear()
+        self._topics[topic] = parsed
+        return parsed
 
     # ------------------------------------------------------------------ inputs
 
@@ -388,25 +482,32 @@ class FleetState:
         d = self.devices.get(device_id)
         if d is None:
             d = self.devices[device_id] = Device(device_id)
+            # Spread the once-a-second processing of unwatched devices over the second.
+            d.phase = (zlib.crc32(device_id.encode()) % 1000) / 1000.0 * FLUSH_S
         return d
 
     def on_message(self, topic: str, payload: bytes, now: float) -> None:
         self.messages += 1
-        parts = topic.split("/")
-        if len(parts) == 3 and parts[0] == "ecg-monitor" and parts[2] == "status":
-            self._on_status(parts[1], payload)
+        parsed = self._parse_topic(topic)
+        if parsed is None:
+            parts = topic.split("/")
+            if len(parts) == 3 and parts[0] == "ecg-monitor" and parts[2] == "status":
+                self._on_status(parts[1], payload)
+            else:
+                self.skipped += 1
             return
-        head = self.prefix + "/"
-        device_id, _, kind = topic[len(head) :].rpartition("/")
-        if not topic.startswith(head) or not wire.DEVICE_ID_RE.match(device_id):
-            self.skipped += 1
-            return
+        device_id, kind = parsed
         if kind == "stream":
-            chunk = decode_stream(payload)
-            if chunk is None:
+            head = read_stream(payload)
+            if head is None:
                 self.skipped += 1
                 return
-            self._on_chunk(self.device(device_id), chunk, now)
+            d = self.device(device_id)
+            d.inbox.append((head, now))
+            d.last_chunk_at = now
+            if not d.live:
+                d.live = True
+                d.version += 1
             return
         try:
             obj = json.loads(payload) if payload else None
@@ -443,6 +544,31 @@ class FleetState:
             }
         self.meta_version += 1
 
+    def flush(self, d: Device, now: float) -> None:
+        """Process a device's queued chunks, contiguous ones as one array."""
+        inbox, d.inbox = d.inbox, []
+        d.flushed_at = now
+        i = 0
+        while i < len(inbox):
+            group = [inbox[i][0]]
+            at = inbox[i][1]
+            i += 1
+            while i < len(inbox) and inbox[i][0].follows(group[-1]):
+                group.append(inbox[i][0])
+                i += 1
+            x = samples_of(group)
+            if x is None:
+                self.skipped += len(group)
+                continue
+            h = group[0]
+            self._on_chunk(d, Chunk(h.start, h.ts, h.fs, x), at)
+        if inbox and d.last_t is not None:
+            hr = d.hr.bpm(d.last_t)
+            hr_r = round(hr) if hr is not None else None
+            if hr_r != (round(d.hr_bpm) if d.hr_bpm is not None else None):
+                d.hr_version += 1  # sent as a compact {id: bpm} map, not a whole summary
+            d.hr_bpm = hr
+
     def _on_chunk(self, d: Device, c: Chunk, now: float) -> None:
         if d.fs != c.fs or d.decimator is None:
             d.fs = c.fs
@@ -470,15 +596,6 @@ class FleetState:
                 d.pieces.popleft()
             d.hr.feed(t0, dt, points)
             d.last_t = t_end
-            hr = d.hr.bpm(t_end)
-            hr_r = round(hr) if hr is not None else None
-            if hr_r != (round(d.hr_bpm) if d.hr_bpm is not None else None):
-                d.version += 1
-            d.hr_bpm = hr
-        d.last_chunk_at = now
-        if not d.live:
-            d.live = True
-            d.version += 1
         if d.pending:
             still = []
             for a in d.pending:
@@ -495,6 +612,8 @@ class FleetState:
         if not isinstance(seq, int) or ts is None:
             self.skipped += 1
             return
+        if d.inbox:
+            self.flush(d, now)
         stream = obj.get("source") == "stream"
         a = Alarm(
             id=self.next_alarm,
@@ -508,6 +627,7 @@ class FleetState:
             hr_bpm=_num(obj.get("hr_bpm")),
             model=str(obj.get("model", "")),
             received_at=now,
+            published_at=_num(obj.get("published_at")),
         )
         self.next_alarm += 1
         # A stream alert's seq is its R peak's sample index; a window alert on a device that
@@ -560,9 +680,13 @@ class FleetState:
             self.ack_version += 1
         return changed
 
-    def tick(self, now: float) -> None:
-        """Housekeeping once per update: devices that went quiet."""
+    def tick(self, now: float, watched: set[str] | frozenset[str] = frozenset()) -> None:
+        """Once per update: process the chunks of devices on some page (all others once a
+        second), and notice devices that went quiet."""
         for d in self.devices.values():
+            due = (now - d.phase) // FLUSH_S > (d.flushed_at - d.phase) // FLUSH_S
+            if d.inbox and (due or d.id in watched):
+                self.flush(d, now)
             live = d.last_chunk_at is not None and now - d.last_chunk_at <= LIVE_S
             if live != d.live:
                 d.live = live
@@ -580,6 +704,7 @@ class FleetState:
     def snapshot(self, cursor: ClientCursor) -> dict[str, Any]:
         """Everything a page starts from; moves `cursor` to now."""
         cursor.versions = {d.id: d.version for d in self.devices.values()}
+        cursor.hr_versions = {d.id: d.hr_version for d in self.devices.values()}
         cursor.pieces = {}
         cursor.alarm_id = self.next_alarm - 1
         cursor.ack_version = self.ack_version
@@ -595,12 +720,19 @@ class FleetState:
         """What changed for this page since its last update (None: nothing)."""
         out: dict[str, Any] = {"t": "tick"}
         devs = []
+        hrs: dict[str, int | None] = {}
         for d in self.devices.values():
             if cursor.versions.get(d.id) != d.version:
                 cursor.versions[d.id] = d.version
+                cursor.hr_versions[d.id] = d.hr_version
                 devs.append(d.summary())
+            elif cursor.hr_versions.get(d.id) != d.hr_version:
+                cursor.hr_versions[d.id] = d.hr_version
+                hrs[d.id] = round(d.hr_bpm) if d.hr_bpm is not None else None
         if devs:
             out["devices"] = devs
+        if hrs:
+            out["hr"] = hrs
         sig: dict[str, list[Any]] = {}
         for dev_id in cursor.watched:
             dev = self.devices.get(dev_id)
@@ -628,6 +760,8 @@ class FleetState:
         d = self.devices.get(device_id)
         if d is None:
             return None
+        if d.inbox:
+            self.flush(d, d.flushed_at)
         return {
             "t": "device",
             "id": d.id,

@@ -9,7 +9,6 @@ signal and learn the device time of that beat.
 
 from __future__ import annotations
 
-import heapq
 import struct
 import threading
 import time
@@ -146,26 +145,23 @@ class StreamFleet:
         return self
 
     def _run(self) -> None:
+        """Every 10 ms, send each device's chunks that are due (a loaded machine sends late,
+        never fewer: a device more than a second behind skips ahead, like a real one would)."""
         period = self.chunk / self.fs
-        t0 = time.monotonic()
         n = len(self.devices)
-        heap = [(t0 + period * i / n, i) for i in range(n)]
-        heapq.heapify(heap)
-        while not self.stop_event.is_set():
-            due, i = heap[0]
+        t0 = time.monotonic()
+        due = [t0 + period * i / n for i in range(n)]
+        while not self.stop_event.wait(0.01):
             now = time.monotonic()
-            if due > now:
-                self.stop_event.wait(due - now)
-                continue
-            heapq.heappop(heap)
-            dev = self.devices[i]
-            with self.lock:
-                start, x = dev.samples(self.chunk)
-            payload = encode_ecgs(start, dev.t_origin + start / self.fs, self.fs, x)
-            if self.client.is_connected():
-                self.client.publish(f"{self.prefix}/{dev.id}/stream", payload, qos=0)
-                self.sent += 1
-            heapq.heappush(heap, (max(due + period, now - 1.0), i))
+            for i, dev in enumerate(self.devices):
+                while due[i] <= now:
+                    with self.lock:
+                        start, x = dev.samples(self.chunk)
+                    payload = encode_ecgs(start, dev.t_origin + start / self.fs, self.fs, x)
+                    if self.client.is_connected():
+                        self.client.publish(f"{self.prefix}/{dev.id}/stream", payload, qos=0)
+                        self.sent += 1
+                    due[i] = max(due[i] + period, now - 1.0)
 
     def inject_wide_beat(self, device_id: str, after_s: float = 0.5) -> float:
         """Make a beat about `after_s` from now wide and premature; its R peak's device time."""

@@ -20,7 +20,7 @@ let meta = { broker: { connected: false }, daemons: [] };
 let route = { page: "grid", id: null };
 const visible = new Set();
 let watchTimer = null;
-const stats = { frames: 0, points: 0, updates: 0 };
+const stats = { frames: 0, points: 0, updates: 0, msgMs: 0, frameMs: 0, bytes: 0 };
 window.__view = { devices, alarms, stats };
 
 const $ = (id) => document.getElementById(id);
@@ -258,6 +258,7 @@ function addAlarms(list, initial) {
   const body = $("alarm-list");
   for (const a of list) {
     if (alarms.has(a.id)) continue;
+    if (!initial) a.shown_at = Date.now() / 1000;  // bench/view.py reads alert -> page latency
     alarms.set(a.id, a);
     body.insertBefore(alarmRow(a), body.firstChild);
     const dev = devices.get(a.device);
@@ -411,6 +412,14 @@ function onMessage(msg) {
   if (msg.t === "device") { renderDeviceDetail(msg); return; }
   if (msg.meta) { meta = msg.meta; renderLink(); }
   if (msg.devices) for (const d of msg.devices) upsertDevice(d);
+  if (msg.hr) for (const id in msg.hr) {
+    const dev = devices.get(id);
+    if (!dev) continue;
+    dev.s.hr = msg.hr[id];
+    const text = dev.s.hr != null && dev.s.live ? String(dev.s.hr) : "--";
+    if (dev.tile) dev.tile.querySelector(".hr-val").textContent = text;
+    if (route.page === "device" && route.id === id) $("dv-hr").textContent = text;
+  }
   if (msg.signal) for (const id in msg.signal) { const dev = devices.get(id); if (dev) dev.addPieces(msg.signal[id]); }
   if (msg.alarms) addAlarms(msg.alarms, false);
   if (msg.acked) markAcked(msg.acked);
@@ -421,7 +430,12 @@ function connect() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   ws = new WebSocket(`${proto}//${location.host}/ws`);
   ws.onopen = () => { wsOpen = true; renderLink(); };
-  ws.onmessage = (e) => onMessage(JSON.parse(e.data));
+  ws.onmessage = (e) => {
+    const t0 = performance.now();
+    stats.bytes += e.data.length;
+    onMessage(JSON.parse(e.data));
+    stats.msgMs += performance.now() - t0;
+  };
   ws.onclose = () => { wsOpen = false; renderLink(); setTimeout(connect, 1000); };
 }
 
@@ -434,10 +448,12 @@ function loop(now) {
   const dtWall = lastFrame ? Math.min((now - lastFrame) / 1000, 1) : 0;
   lastFrame = now;
   stats.frames++;
+  const t0 = performance.now();
   for (const dev of devices.values()) dev.advance(dtWall);
   if (route.page === "grid") {
     for (const id of visible) { const dev = devices.get(id); if (dev && dev.strip) dev.strip.frame(); }
   } else if (bigStrip) bigStrip.frame();
+  stats.frameMs += performance.now() - t0;
 }
 
 setInterval(() => { $("clock").textContent = new Date().toTimeString().slice(0, 8); }, 1000);
