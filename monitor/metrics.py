@@ -137,6 +137,10 @@ class Metrics:
         self.quality_changes = Counter(
             "stream_quality_changes_total", "Signal quality changes published, by state."
         )
+        self.stream_forced_acks = Counter(
+            "stream_forced_acks_total",
+            "Stream chunks acknowledged early because the in-flight limit was near.",
+        )
         self.stream_devices = Gauge("stream_devices", "Stream devices with state in memory.")
         self.queue_depth = Gauge("queue_windows", "Windows waiting for inference.", queue_depth)
         self.model_info = Gauge("model_info", "The model in use (value 1).")

@@ -41,6 +41,10 @@ class Input(Protocol):
         """Rows or publishes this input still waits for (draining waits until 0)."""
         ...
 
+    async def background(self) -> None:
+        """Housekeeping between messages (runs as a task while the service runs)."""
+        ...
+
 
 class Token(Protocol):
     """The bookkeeping a row source puts into the batcher; `owner` gets its scores."""

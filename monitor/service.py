@@ -32,6 +32,7 @@ from monitor.metrics import Metrics, MetricsServer
 from monitor.mqtt import Message, MqttBridge
 from monitor.pipeline import Input, Pipeline, Token
 from monitor.scorer import score_batch
+from monitor.streams import StreamInput
 from monitor.systemd import Notifier
 from monitor.windows import WindowInput
 
@@ -63,8 +64,6 @@ class Service:
         if cfg.inputs_windows:
             self.inputs.append(WindowInput(self.pipe, model.info.window_length))
         if cfg.streams.enabled:
-            from monitor.streams import StreamInput  # numpy/scipy front end only when used
-
             self.inputs.append(StreamInput(self.pipe, model))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.should_exit = False
@@ -126,6 +125,8 @@ class Service:
             consumer = asyncio.create_task(self._consume(), name="results")
             tasks = [producer, consumer]
             tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+            for inp in self.inputs:
+                tasks.append(asyncio.create_task(inp.background(), name="input"))
             if self.cfg.model.watch_s > 0:
                 tasks.append(asyncio.create_task(self._watch_model(), name="model-watch"))
             online = asyncio.create_task(self.bridge.start())

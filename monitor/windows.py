@@ -62,6 +62,9 @@ class WindowInput:
     def busy(self) -> int:
         return self.open_deliveries
 
+    async def background(self) -> None:
+        """Nothing to do between messages."""
+
     def on_message(self, msg: Message) -> None:
         """Decode and hand to the batcher (or publish the reject)."""
         p, m = self.p, self.p.metrics
