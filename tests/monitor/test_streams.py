@@ -164,7 +164,6 @@ def test_redelivered_chunks_change_nothing(
         pub.publish(topic, payload)
     pub.flush()
     # a marker chunk after the replays: once its effect is seen, the replays were processed
-    col.wait_for(lambda: len(col.of("/rejected")) == 0 or True, 1)
     pub.publish("ecg/r0/stream", b"not a chunk")
     pub.flush()
     col.wait_for(lambda: len(col.of("/rejected")) >= 1, 30, "marker reject")
