@@ -55,13 +55,14 @@ class MqttBridge:
         self,
         cfg: MqttConfig,
         *,
-        subscription: str | None,
+        subscription: str | list[str] | None,
         will: tuple[str, bytes] | None = None,
         on_message: Callable[[Message], None] | None = None,
         on_online: Callable[[bool], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.subscription = subscription
+        self._topics = [subscription] if isinstance(subscription, str) else subscription or []
         self._on_message_cb = on_message
         self._on_online_cb = on_online
         self._loop = asyncio.get_running_loop()
@@ -314,10 +315,10 @@ class MqttBridge:
         self._session_present = bool(flags.session_present)
         server_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
         self._out_limit = min(self.cfg.max_inflight_out, int(server_max or 65535))
-        if self.subscription is None:
+        if not self._topics:
             self._set_online()
             return
-        client.subscribe(self.subscription, qos=self.cfg.qos)
+        client.subscribe([(t, self.cfg.qos) for t in self._topics])
 
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: list[Any], props: Any

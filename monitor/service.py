@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import contextlib
 import functools
 import signal
@@ -19,41 +18,29 @@ import ssl
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import structlog
 
-from monitor.alerts import Alert, AlertPolicy, Reject, ScoreReport, Status
+from monitor.alerts import Status
 from monitor.batcher import Batch, Batcher
 from monitor.config import Config, load_config
 from monitor.engine import Inference, Model, load_model
 from monitor.errors import ConfigError, ModelLoadError, MonitorError
-from monitor.ingest import Ingest
 from monitor.log import setup_logging
 from monitor.metrics import Metrics, MetricsServer
 from monitor.mqtt import Message, MqttBridge
+from monitor.pipeline import Input, Pipeline, Token
 from monitor.scorer import score_batch
+from monitor.streams import StreamInput
 from monitor.systemd import Notifier
-from monitor.wire import Frame
+from monitor.windows import WindowInput
 
 log = structlog.get_logger("monitor.service")
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_STARTUP = 3
-
-
-@dataclass(slots=True, eq=False)
-class Delivery:
-    """Bookkeeping of one incoming message: acked when no window or publish is outstanding."""
-
-    message: Message
-    frame: Frame | None
-    windows_left: int
-    publishes_left: int
-    scores: np.ndarray | None = None
 
 
 class Service:
@@ -64,32 +51,37 @@ class Service:
         self.model = model
         self.notifier = notifier or Notifier()
         self.started_at = time.time()
-        self.batcher: Batcher[Delivery] = Batcher(
-            cfg.batch.max_batch, cfg.batch.max_wait_ms / 1000.0
-        )
+        self.batcher: Batcher[Token] = Batcher(cfg.batch.max_batch, cfg.batch.max_wait_ms / 1000.0)
         self.metrics = Metrics(queue_depth=lambda: float(self.batcher.queued))
         self.metrics.set_model(model.info.name, model.info.version, model.info.provider)
-        self.ingest = Ingest(
-            cfg.mqtt.topic_prefix,
-            model.info.window_length,
-            cfg.limits.max_payload_bytes,
-            cfg.limits.max_windows_per_message,
-        )
-        self.policy = AlertPolicy(cfg.alerts.min_consecutive, cfg.alerts.cooldown_s)
+        self.pipe = Pipeline(cfg, self.metrics, self.batcher)
+        self.inputs: list[Input] = []
+        if cfg.inputs_windows and model.info.context_size:
+            raise ConfigError(
+                f"{model.info.path} takes a context input, which windows do not carry: "
+                "set streams.enabled = true and streams.windows = false"
+            )
+        if cfg.inputs_windows:
+            self.inputs.append(WindowInput(self.pipe, model.info.window_length))
+        if cfg.streams.enabled:
+            self.inputs.append(StreamInput(self.pipe, model))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.should_exit = False
         self.force_exit = False
-        self.draining = False
-        self.open_deliveries = 0
         self.exit_code = EXIT_OK
         self._stop = asyncio.Event()
         self._reloading = False
         self._background: set[asyncio.Task[bool]] = set()
-        self._inflight: asyncio.Queue[
-            tuple[Batch[Delivery], Model, asyncio.Future[Inference]] | None
-        ]
+        self._inflight: asyncio.Queue[tuple[Batch[Token], Model, asyncio.Future[Inference]] | None]
         self.bridge: MqttBridge | None = None
-        self._prefix = cfg.mqtt.topic_prefix
+
+    @property
+    def draining(self) -> bool:
+        return self.pipe.draining
+
+    @property
+    def open_deliveries(self) -> int:
+        return sum(i.busy() for i in self.inputs)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -121,17 +113,20 @@ class Service:
             try:
                 self.bridge = MqttBridge(
                     self.cfg.mqtt,
-                    subscription=self.cfg.mqtt.subscription,
+                    subscription=[i.topic_filter for i in self.inputs],
                     will=(self.cfg.status_topic, self.status("offline").to_json()),
                     on_message=self._on_message,
                     on_online=self._on_online,
                 )
             except (ssl.SSLError, OSError, ValueError) as e:  # TLS files paho cannot use
                 raise ConfigError(f"mqtt: {e}") from None
+            self.pipe.bridge = self.bridge
             producer = asyncio.create_task(self._produce(), name="batches")
             consumer = asyncio.create_task(self._consume(), name="results")
             tasks = [producer, consumer]
             tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+            for inp in self.inputs:
+                tasks.append(asyncio.create_task(inp.background(), name="input"))
             if self.cfg.model.watch_s > 0:
                 tasks.append(asyncio.create_task(self._watch_model(), name="model-watch"))
             online = asyncio.create_task(self.bridge.start())
@@ -142,7 +137,7 @@ class Service:
                 log.info(
                     "ready",
                     instance_id=self.cfg.service.instance_id,
-                    subscription=self.cfg.mqtt.subscription,
+                    subscription=[i.topic_filter for i in self.inputs],
                     model=self.model.info.name,
                     model_version=self.model.info.version,
                     provider=self.model.info.provider,
@@ -183,7 +178,7 @@ class Service:
 
     async def _drain(self, producer: asyncio.Task[None], consumer: asyncio.Task[None]) -> None:
         assert self.bridge is not None
-        self.draining = True
+        self.pipe.draining = True
         timeout = self.cfg.service.drain_timeout_s
         self.notifier.stopping("draining")
         self.notifier.extend_timeout(timeout + 5.0)
@@ -238,35 +233,13 @@ class Service:
         )
 
     def _on_message(self, msg: Message) -> None:
-        """Called by the bridge for each message, on the loop: decode and hand to the batcher."""
-        assert self.bridge is not None
+        """Called by the bridge for each message, on the loop: to the input kind it is for."""
         if self.draining:
             return  # not acked: the broker redelivers it to the next session
-        result = self.ingest(msg.topic, msg.payload, msg.received_at)
-        if isinstance(result, Reject):
-            self.metrics.rejected.inc(code=result.code)
-            log.info("rejected", device_id=result.device_id, code=result.code, reason=result.reason)
-            d = Delivery(msg, None, windows_left=0, publishes_left=1)
-            self.open_deliveries += 1
-            self.bridge.publish(
-                self.ingest.reject_topic(result),
-                result.to_json(),
-                qos=1,
-                on_done=functools.partial(self._published, d),
-            )
-            return
-        frame = result
-        cap = self.cfg.limits.queue_windows
-        if msg.qos == 0 and self.batcher.queued + frame.count > cap:
-            self.metrics.dropped.inc(frame.count)
-            return
-        self.metrics.windows_received.inc(frame.count)
-        scores = np.empty(frame.count, np.float32) if self.cfg.alerts.publish_scores else None
-        d = Delivery(msg, frame, frame.count, 0, scores)
-        self.open_deliveries += 1
-        self.batcher.put(frame, d)
-        if self.batcher.queued >= cap:
-            self.bridge.pause_reading()
+        for inp in self.inputs:
+            if inp.accepts(msg.topic):
+                inp.on_message(msg)
+                return
 
     # ------------------------------------------------------------------ pipeline
 
@@ -281,7 +254,7 @@ class Service:
             if self.bridge is not None and self.bridge.paused and self.batcher.queued <= resume_at:
                 self.bridge.resume_reading()
             model = self.model
-            fut = loop.run_in_executor(self.executor, model.run, batch.windows)
+            fut = loop.run_in_executor(self.executor, model.run, batch.windows, batch.context)
             await self._inflight.put((batch, model, fut))
         await self._inflight.put(None)
 
@@ -299,8 +272,8 @@ class Service:
                 raise
             self._handle(batch, model, inference)
 
-    def _handle(self, batch: Batch[Delivery], model: Model, inference: Inference) -> None:
-        assert self.bridge is not None
+    def _handle(self, batch: Batch[Token], model: Model, inference: Inference) -> None:
+        """Score the batch once, then hand each segment's rows to the input that put them."""
         threshold = self.threshold(model)
         scores = score_batch(inference, threshold)
         n = batch.size
@@ -309,95 +282,15 @@ class Service:
         m.batch_size.observe(n)
         m.inference_seconds.observe(inference.seconds)
         now = time.time()
-        segments = batch.segments
-        alert_mask = scores.anomalous
-        if self.policy.active:
-            alert_mask = alert_mask.copy()
-            for seg in segments:
-                rows = slice(seg.offset, seg.offset + seg.count)
-                alert_mask[rows] = self.policy.admit(seg.frame.device_id, alert_mask[rows], now)
-        hits = np.flatnonzero(alert_mask)
-        if hits.size:
-            offsets = [seg.offset for seg in segments]
-            info = model.info
-            score_list = scores.score[hits].tolist()
-            peak_list = scores.peak_index[hits].tolist()
-            for i, score, peak in zip(hits.tolist(), score_list, peak_list, strict=True):
-                seg = segments[bisect.bisect_right(offsets, i) - 1]
-                d = seg.token
-                frame = seg.frame
-                row = seg.start + i - seg.offset
-                published_at = time.time()
-                alert = Alert(
-                    device_id=frame.device_id,
-                    seq=frame.seq + row,
-                    ts=frame.window_ts(row),
-                    score=score,
-                    threshold=threshold,
-                    model=info.name,
-                    model_version=info.version,
-                    peak_index=peak,
-                    received_at=d.message.received_at,
-                    published_at=published_at,
-                )
-                d.publishes_left += 1
-                self.bridge.publish(
-                    f"{self._prefix}/{frame.device_id}/alert",
-                    alert.to_json(),
-                    qos=1,
-                    on_done=functools.partial(self._published, d),
-                )
-                m.latency_seconds.observe(published_at - d.message.received_at)
-                log.debug("alert", device_id=frame.device_id, seq=frame.seq + row, score=score)
-            m.alerts.inc(hits.size)
+        for seg in batch.segments:
+            seg.token.owner.scored(seg, scores, model, threshold, now)
         log.debug(
             "batch_scored",
             batch_size=n,
-            alerts=int(hits.size),
+            alerts=int(scores.anomalous.sum()),
             inference_ms=round(inference.seconds * 1000, 3),
             model_version=model.info.version,
         )
-        for seg in segments:
-            d = seg.token
-            if d.scores is not None:
-                d.scores[seg.start : seg.stop] = scores.score[seg.offset : seg.offset + seg.count]
-            d.windows_left -= seg.count
-            if d.windows_left == 0:
-                if d.scores is not None:
-                    self._publish_scores(d, model, threshold)
-                self._check_done(d)
-
-    def _publish_scores(self, d: Delivery, model: Model, threshold: float) -> None:
-        assert self.bridge is not None and d.frame is not None and d.scores is not None
-        frame = d.frame
-        report = ScoreReport(
-            device_id=frame.device_id,
-            seq=frame.seq,
-            ts=frame.ts,
-            scores=tuple(d.scores.tolist()),
-            threshold=threshold,
-            model=model.info.name,
-            model_version=model.info.version,
-            received_at=d.message.received_at,
-            published_at=time.time(),
-        )
-        d.publishes_left += 1
-        self.bridge.publish(
-            f"{self._prefix}/{frame.device_id}/score",
-            report.to_json(),
-            qos=1,
-            on_done=functools.partial(self._published, d),
-        )
-
-    def _published(self, d: Delivery) -> None:
-        d.publishes_left -= 1
-        self._check_done(d)
-
-    def _check_done(self, d: Delivery) -> None:
-        if d.windows_left == 0 and d.publishes_left == 0:
-            assert self.bridge is not None
-            self.bridge.ack(d.message)
-            self.open_deliveries -= 1
 
     # ------------------------------------------------------------------ model reload
 
@@ -433,6 +326,15 @@ class Service:
                     mc.path,
                     f"window length {new.info.window_length} != {old.window_length} of the "
                     "running model (restart the daemon to change it)",
+                )
+            same = ("ecg.segmentation",)
+            if any(new.info.metadata.get(k) != old.metadata.get(k) for k in same) or (
+                new.info.context_size != old.context_size
+            ):
+                raise ModelLoadError(
+                    mc.path,
+                    "segmentation or context input differs from the running model's "
+                    "(restart the daemon to change how beats are cut)",
                 )
         except ModelLoadError as e:
             self.metrics.reloads.inc(result="failed")

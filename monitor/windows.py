@@ -1,0 +1,171 @@
+"""Heartbeat windows as an input kind: ingest -> batcher -> alerts -> acknowledgement.
+
+A window message is acknowledged once every window in it is scored and every output it caused
+(alerts, the score report, or its reject) is acknowledged by the broker (DESIGN.md, Delivery).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from monitor.alerts import Alert, Reject, ScoreReport
+from monitor.batcher import Segment
+from monitor.engine import Model
+from monitor.ingest import Ingest
+from monitor.mqtt import Message
+from monitor.pipeline import Pipeline, Token
+from monitor.scorer import Scores
+from monitor.wire import Frame
+
+log = structlog.get_logger("monitor.windows")
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """Bookkeeping of one incoming message: acked when no window or publish is outstanding."""
+
+    owner: WindowInput
+    message: Message
+    frame: Frame | None
+    windows_left: int
+    publishes_left: int
+    scores: np.ndarray | None = None
+
+
+class WindowInput:
+    """`<prefix>/+/window`: each message one Frame of windows of the model's length."""
+
+    def __init__(self, pipe: Pipeline, window_length: int) -> None:
+        self.p = pipe
+        cfg = pipe.cfg
+        self.ingest = Ingest(
+            cfg.mqtt.topic_prefix,
+            window_length,
+            cfg.limits.max_payload_bytes,
+            cfg.limits.max_windows_per_message,
+        )
+        self.open_deliveries = 0
+        self._tail = "/window"
+
+    @property
+    def topic_filter(self) -> str:
+        return f"{self.p.prefix}/+/window"
+
+    def accepts(self, topic: str) -> bool:
+        return topic.endswith(self._tail)
+
+    def busy(self) -> int:
+        return self.open_deliveries
+
+    async def background(self) -> None:
+        """Nothing to do between messages."""
+
+    def on_message(self, msg: Message) -> None:
+        """Decode and hand to the batcher (or publish the reject)."""
+        p, m = self.p, self.p.metrics
+        result = self.ingest(msg.topic, msg.payload, msg.received_at)
+        if isinstance(result, Reject):
+            m.rejected.inc(code=result.code)
+            log.info("rejected", device_id=result.device_id, code=result.code, reason=result.reason)
+            d = Delivery(self, msg, None, windows_left=0, publishes_left=1)
+            self.open_deliveries += 1
+            p.publish(
+                self.ingest.reject_topic(result),
+                result.to_json(),
+                on_done=functools.partial(self._published, d),
+            )
+            return
+        frame = result
+        cap = p.cfg.limits.queue_windows
+        if msg.qos == 0 and p.batcher.queued + frame.count > cap:
+            m.dropped.inc(frame.count)
+            return
+        m.windows_received.inc(frame.count)
+        scores = np.empty(frame.count, np.float32) if p.cfg.alerts.publish_scores else None
+        d = Delivery(self, msg, frame, frame.count, 0, scores)
+        self.open_deliveries += 1
+        p.batcher.put(frame, d)
+        p.admitted(frame.count)
+
+    def scored(
+        self, seg: Segment[Token], scores: Scores, model: Model, threshold: float, now: float
+    ) -> None:
+        d = seg.token
+        assert isinstance(d, Delivery) and d.frame is not None
+        frame = d.frame
+        p, m = self.p, self.p.metrics
+        rows = slice(seg.offset, seg.offset + seg.count)
+        mask = scores.anomalous[rows]
+        if p.policy.active:
+            mask = p.policy.admit(frame.device_id, mask, now)
+        hits = np.flatnonzero(mask)
+        if hits.size:
+            info = model.info
+            score_list = scores.score[rows][hits].tolist()
+            peak_list = scores.peak_index[rows][hits].tolist()
+            for i, score, peak in zip(hits.tolist(), score_list, peak_list, strict=True):
+                row = seg.start + i
+                published_at = time.time()
+                alert = Alert(
+                    device_id=frame.device_id,
+                    seq=frame.seq + row,
+                    ts=frame.window_ts(row),
+                    score=score,
+                    threshold=threshold,
+                    model=info.name,
+                    model_version=info.version,
+                    peak_index=peak,
+                    received_at=d.message.received_at,
+                    published_at=published_at,
+                )
+                d.publishes_left += 1
+                p.publish(
+                    f"{p.prefix}/{frame.device_id}/alert",
+                    alert.to_json(),
+                    on_done=functools.partial(self._published, d),
+                )
+                m.latency_seconds.observe(published_at - d.message.received_at)
+                log.debug("alert", device_id=frame.device_id, seq=frame.seq + row, score=score)
+            m.alerts.inc(hits.size)
+        if d.scores is not None:
+            d.scores[seg.start : seg.stop] = scores.score[rows]
+        d.windows_left -= seg.count
+        if d.windows_left == 0:
+            if d.scores is not None:
+                self._publish_scores(d, model, threshold)
+            self._check_done(d)
+
+    def _publish_scores(self, d: Delivery, model: Model, threshold: float) -> None:
+        assert d.frame is not None and d.scores is not None
+        frame = d.frame
+        report = ScoreReport(
+            device_id=frame.device_id,
+            seq=frame.seq,
+            ts=frame.ts,
+            scores=tuple(d.scores.tolist()),
+            threshold=threshold,
+            model=model.info.name,
+            model_version=model.info.version,
+            received_at=d.message.received_at,
+            published_at=time.time(),
+        )
+        d.publishes_left += 1
+        self.p.publish(
+            f"{self.p.prefix}/{frame.device_id}/score",
+            report.to_json(),
+            on_done=functools.partial(self._published, d),
+        )
+
+    def _published(self, d: Delivery) -> None:
+        d.publishes_left -= 1
+        self._check_done(d)
+
+    def _check_done(self, d: Delivery) -> None:
+        if d.windows_left == 0 and d.publishes_left == 0:
+            self.p.ack(d.message)
+            self.open_deliveries -= 1
