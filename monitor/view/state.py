@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from monitor import wire
+from monitor import stream_wire, wire
+from monitor.errors import PayloadError
+from monitor.stream_wire import Chunk
 
 DISPLAY_HZ = 100.0  # target rate of the signal sent to pages
 KEEP_S = 12.0  # decimated signal kept per device (the strip shows 10 s)
@@ -30,106 +31,6 @@ DEVICE_ALARMS = 20  # alarms (with their beats) kept per device for its page
 QUALITY_HISTORY = 20
 LIVE_S = 3.0  # a stream device with no chunk for this long is shown as "no data"
 FLUSH_S = 1.0  # chunks of a device no page shows are processed once a second, in one batch
-MAX_STREAM_SAMPLES = 60 * 1000  # a chunk over 60 s at 1 kHz is not a stream chunk
-
-# Stream payloads (DESIGN.md "Continuous ECG streams"): the ECGS frame or JSON.
-_ECGS = struct.Struct("<4sHHIQdff")
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One decoded stream chunk: samples start..start+n-1 of one device, in millivolts."""
-
-    start: int
-    ts: float
-    fs: float
-    samples: np.ndarray  # float32 [n]
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkHead:
-    """A stream chunk whose header was checked; its samples are read later, in batches."""
-
-    start: int
-    ts: float  # NaN when the device sent none
-    fs: float
-    n: int
-    body: bytes | np.ndarray  # ECGS: the raw sample bytes; JSON: the samples, decoded
-    dtype: str  # "<f4", "<i2", or "" for decoded samples
-    gain: float
-
-    def follows(self, other: ChunkHead) -> bool:
-        """Same kind of samples and starts where `other` ends: the two read as one array."""
-        return (
-            self.start == other.start + other.n
-            and self.fs == other.fs
-            and self.dtype == other.dtype
-            and self.gain == other.gain
-        )
-
-
-def read_stream(payload: bytes) -> ChunkHead | None:
-    """The header of a stream chunk (ECGS frame or JSON), or None when it is not a valid one.
-
-    The daemon rejects bad chunks with a reason; the view only needs to skip them.
-    """
-    try:
-        if payload[:4] == b"ECGS":
-            _magic, version, fmt, n, start, ts, fs, gain = _ECGS.unpack_from(payload)
-            if version != 1 or not 1 <= n <= MAX_STREAM_SAMPLES:
-                return None
-            if fmt == 1 and len(payload) == _ECGS.size + 4 * n:
-                body: bytes | np.ndarray = payload[_ECGS.size :]
-                dtype, gain = "<f4", 1.0
-            elif fmt == 2 and len(payload) == _ECGS.size + 2 * n and gain > 0:
-                body, dtype = payload[_ECGS.size :], "<i2"
-            else:
-                return None
-        else:
-            obj = json.loads(payload)
-            if not isinstance(obj, dict):
-                return None
-            start, ts, fs = obj.get("start"), obj.get("ts"), obj.get("fs")
-            samples = obj.get("samples")
-            if not isinstance(start, int) or not isinstance(samples, list):
-                return None
-            if not 1 <= len(samples) <= MAX_STREAM_SAMPLES:
-                return None
-            body, dtype, gain = np.asarray(samples, dtype=np.float32), "", 1.0
-            if body.ndim != 1:
-                return None
-            n = body.size
-            ts = float(ts) if ts is not None else math.nan
-            fs = float(fs) if fs is not None else math.nan
-    except (ValueError, TypeError, struct.error, UnicodeDecodeError):
-        return None
-    if start < 0 or not 1.0 <= fs <= 10_000.0:
-        return None
-    return ChunkHead(int(start), float(ts), float(fs), int(n), body, dtype, float(gain))
-
-
-def samples_of(heads: list[ChunkHead]) -> np.ndarray | None:
-    """The samples (mV, float32) of consecutive chunks as one array; None if any is not finite."""
-    h = heads[0]
-    if isinstance(h.body, bytes):
-        raw = b"".join(c.body for c in heads if isinstance(c.body, bytes))
-        x = np.frombuffer(raw, h.dtype).astype(np.float32)
-        if h.dtype == "<i2":
-            x /= np.float32(h.gain)
-    else:
-        x = np.concatenate([c.body for c in heads if isinstance(c.body, np.ndarray)])
-    if not np.isfinite(x).all():
-        return None
-    return x
-
-
-def decode_stream(payload: bytes) -> Chunk | None:
-    """A whole stream chunk, or None for anything that is not a valid one."""
-    head = read_stream(payload)
-    x = samples_of([head]) if head is not None else None
-    if head is None or x is None:
-        return None
-    return Chunk(head.start, head.ts, head.fs, x)
 
 
 @dataclass
@@ -334,7 +235,7 @@ class Device:
     raw_from: int = 0  # oldest valid index (gaps and fs changes restart it)
     anchor: tuple[int, float] = (0, math.nan)  # (sample index, device time) of the last chunk
     pending: list[Alarm] = field(default_factory=list)  # alarms waiting for their beat's samples
-    inbox: list[tuple[ChunkHead, float]] = field(default_factory=list)  # (chunk, received)
+    inbox: list[tuple[Chunk, float]] = field(default_factory=list)  # (chunk, received)
     flushed_at: float = 0.0
     phase: float = 0.0  # where in each FLUSH_S period an unwatched device is processed
 
@@ -498,12 +399,13 @@ class FleetState:
             return
         device_id, kind = parsed
         if kind == "stream":
-            head = read_stream(payload)
-            if head is None:
-                self.skipped += 1
+            try:
+                chunk = stream_wire.decode_stream(payload, device_id)
+            except PayloadError:
+                self.skipped += 1  # the daemon rejects it, with the reason, on .../rejected
                 return
             d = self.device(device_id)
-            d.inbox.append((head, now))
+            d.inbox.append((chunk, now))
             d.last_chunk_at = now
             if not d.live:
                 d.live = True
@@ -553,15 +455,18 @@ class FleetState:
             group = [inbox[i][0]]
             at = inbox[i][1]
             i += 1
-            while i < len(inbox) and inbox[i][0].follows(group[-1]):
+            while (
+                i < len(inbox)
+                and inbox[i][0].start == group[-1].end
+                and inbox[i][0].fs == group[-1].fs
+            ):
                 group.append(inbox[i][0])
                 i += 1
-            x = samples_of(group)
-            if x is None:
-                self.skipped += len(group)
-                continue
-            h = group[0]
-            self._on_chunk(d, Chunk(h.start, h.ts, h.fs, x), at)
+            c = group[0]
+            if len(group) > 1:  # one array: the numpy calls below run once, not per chunk
+                x = np.concatenate([g.samples_mv for g in group])
+                c = Chunk(c.device_id, c.start, c.ts, c.fs, x)
+            self._on_chunk(d, c, at)
         if inbox and d.last_t is not None:
             hr = d.hr.bpm(d.last_t)
             hr_r = round(hr) if hr is not None else None
@@ -577,12 +482,13 @@ class FleetState:
             d.raw_end = d.raw_from = c.start
             d.hr.reset()
             d.version += 1
-        ts = c.ts if math.isfinite(c.ts) else now
+        ts = c.ts
         d.anchor = (c.start, ts)
-        first, points, gap = d.decimator.feed(c.start, c.samples)
-        end = c.start + c.samples.size
+        samples = c.samples_mv
+        first, points, gap = d.decimator.feed(c.start, samples)
+        end = c.end
         if end > d.raw_end or gap:
-            keep = c.samples[max(0, d.raw_end - c.start) :] if not gap else c.samples
+            keep = samples[max(0, d.raw_end - c.start) :] if not gap else samples
             d.store_raw(end - keep.size, keep)
         if gap:
             d.hr.reset()

@@ -9,7 +9,6 @@ signal and learn the device time of that beat.
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-ECGS = struct.Struct("<4sHHIQdff")
+from monitor.stream_wire import encode_stream_binary
+
 # name: (offset from R in s, amplitude mV, width s)
 NORMAL = {
     "P": (-0.17, 0.15, 0.025),
@@ -33,12 +33,6 @@ WIDE = {  # a PVC: no P wave, wide tall QRS, deep inverted T
     "S": (0.07, -0.6, 0.04),
     "T": (0.34, -0.55, 0.07),
 }
-
-
-def encode_ecgs(start: int, ts: float, fs: float, samples: np.ndarray) -> bytes:
-    """An ECGS frame, format 1 (float32 mV)."""
-    x = np.ascontiguousarray(samples, dtype="<f4")
-    return ECGS.pack(b"ECGS", 1, 1, x.size, start, ts, fs, 0.0) + x.tobytes()
 
 
 @dataclass
@@ -157,7 +151,9 @@ class StreamFleet:
                 while due[i] <= now:
                     with self.lock:
                         start, x = dev.samples(self.chunk)
-                    payload = encode_ecgs(start, dev.t_origin + start / self.fs, self.fs, x)
+                    payload = encode_stream_binary(
+                        start, dev.t_origin + start / self.fs, self.fs, x
+                    )
                     if self.client.is_connected():
                         self.client.publish(f"{self.prefix}/{dev.id}/stream", payload, qos=0)
                         self.sent += 1
