@@ -1,15 +1,15 @@
-"""The central-station page in headless Chromium, against a real mosquitto, the real daemon and
-the view's server as subprocesses, and a simulated fleet of streaming devices.
+"""The central-station page in headless Chromium, against a real mosquitto, the real daemon in
+stream mode and the view's server as subprocesses, and a simulated fleet of streaming devices
+(tests/view/fleet.py: ECGS chunks, with a wide premature beat or a flat line on demand).
 
-Until the daemon's stream mode lands, the streaming devices come from tests/view/fleet.py
-(ECGS chunks), the quality events are published by the test, and the anomalous beat is also
-sent to the daemon as a heartbeat window at the beat's device time: the alarm on the page is
-the real daemon's alert. Latencies are printed, not asserted (bench/view.py measures them).
+The daemon scores every beat with the bundled dense model given a stream segmentation (normal
+beats of the fleet score 7-17, the injected wide beat ~70; the test's copy alerts above 35),
+publishes the beat alerts and the quality events (lead_off from the flat line) the page shows.
+Latencies are printed, not asserted (bench/view.py measures them).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -19,13 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
+import onnx
 import pytest
 
-from monitor.beats import NORMAL_CLASS, synthetic_beats
+from monitor.frontend.segment import Segmentation
 from tests.brokers import Mosquitto
-from tests.monitor.daemon import ROOT, Collector, Daemon, Publisher, wait_online, write_config
+from tests.monitor.daemon import ROOT, Collector, Daemon, wait_online, write_config
 from tests.view.fleet import StreamFleet
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -92,23 +91,28 @@ class ViewProcess:
                 self.proc.wait()
 
 
-def flagged_window() -> list[float]:
-    """The synthetic anomalous beat the bundled model scores highest above its threshold."""
-    x, y = synthetic_beats(300, anomaly_fraction=0.5, seed=7)
-    sess = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
-    threshold = float(sess.get_modelmeta().custom_metadata_map["ecg.threshold"])
-    scores = sess.run(["score"], {"windows": x})[0]
-    scores = np.where(y == NORMAL_CLASS, -np.inf, scores)
-    best = int(np.argmax(scores))
-    assert scores[best] > threshold
-    return [float(v) for v in x[best]]
+def stream_model(path: Path, threshold: float = 35.0) -> Path:
+    """The bundled dense model with the default stream segmentation and its own threshold."""
+    model = onnx.load(str(MODEL))
+    props = {p.key: p.value for p in model.metadata_props}
+    props["ecg.segmentation"] = Segmentation().to_json()
+    props["ecg.threshold"] = repr(threshold)
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    return path
 
 
 @pytest.fixture
 def fleet_view(
     fresh_mosquitto: Mosquitto, daemons: list[Daemon], tmp_path: Path
 ) -> Iterator[tuple[StreamFleet, ViewProcess, Collector, str]]:
-    cfg = write_config(tmp_path / "monitor.toml", fresh_mosquitto.port, MODEL)
+    cfg = write_config(
+        tmp_path / "monitor.toml",
+        fresh_mosquitto.port,
+        stream_model(tmp_path / "stream.onnx"),
+        streams={"enabled": True},
+        mqtt={"session_expiry_s": 600},
+    )
     daemon = Daemon(cfg).start()
     daemons.append(daemon)
     instance = re.search(r'instance_id = "([^"]+)"', cfg.read_text())
@@ -143,16 +147,39 @@ def _badge_shown(page: Any, device: str) -> bool:
     )
 
 
-def _inject(fleet: StreamFleet, port: int, device: str, window: list[float]) -> float:
-    """A wide beat in the device's stream, and the same beat to the daemon as a window."""
+def _inject(fleet: StreamFleet, device: str) -> tuple[int, float]:
+    """A wide premature beat in the device's stream: its R-peak sample index, and when the
+    fleet had streamed it (monotonic)."""
     r_ts = fleet.inject_wide_beat(device, after_s=0.3)
-    time.sleep(max(0.0, r_ts - time.time()) + 0.2)  # until the beat has been streamed
-    pub = Publisher(port)
-    payload = {"seq": int(time.time() * 1000), "ts": r_ts, "samples": window}
-    pub.publish(f"ecg/{device}/window", json.dumps(payload).encode())
-    sent = time.monotonic()
-    pub.close()
-    return sent
+    dev = fleet.by_id[device]
+    r = round((r_ts - dev.t_origin) * dev.fs)
+    while dev.next_sample <= r:
+        time.sleep(0.01)
+    return r, time.monotonic()
+
+
+def _alerted_at(collector: Collector, device: str, r: int, fs: float) -> bool:
+    """The daemon alerted a beat of `device` within 100 ms of sample r."""
+    return any(abs(a["seq"] - r) <= 0.1 * fs for a in collector.of(f"/{device}/alert"))
+
+
+def _quality(collector: Collector, device: str) -> str | None:
+    q = collector.of(f"/{device}/quality")
+    return q[-1]["state"] if q else None
+
+
+def _wait_alarm_rows(
+    page: Any, collector: Collector, fleet: StreamFleet, device: str, r: int
+) -> Any:
+    """The daemon alerts the injected beat (the beat before it may be alerted too: its window
+    reaches into the premature one) and the page lists every alert of the device."""
+    collector.wait_for(
+        lambda: _alerted_at(collector, device, r, fleet.fs), 30, f"{device} beat {r} alerted"
+    )
+    n = len(collector.of(f"/{device}/alert"))
+    sel = f'#alarm-list tr[data-device="{device}"]'
+    page.wait_for_function(f"document.querySelectorAll('{sel}').length === {n}", timeout=WAIT_MS)
+    return page.query_selector(sel)
 
 
 def test_central_station_page_end_to_end(
@@ -160,7 +187,6 @@ def test_central_station_page_end_to_end(
 ) -> None:
     sync_api = _browser_or_skip()
     fleet, view, collector, instance = fleet_view
-    window = flagged_window()
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 900})
@@ -174,29 +200,27 @@ def test_central_station_page_end_to_end(
         for device in fleet.ids[:3]:
             _strip_changes(page, device)
         page.wait_for_selector(f".daemons .pill.ok:has-text('{instance}')", timeout=WAIT_MS)
+        # The daemon judges each stream's quality; beats are alerted once it is good.
+        collector.wait_for(
+            lambda: all(_quality(collector, d) == "good" for d in fleet.ids), 60, "quality good"
+        )
+        page.wait_for_selector('.tile[data-id="bed-001"] .q[data-q="good"]', timeout=WAIT_MS)
+        assert collector.of("/alert") == [], "a normal beat was alerted"
 
         # An anomalous beat: the daemon's alert is listed and its device marked.
-        sent = _inject(fleet, fresh_mosquitto.port, "bed-001", window)
-        row = page.wait_for_selector('#alarm-list tr[data-device="bed-001"]', timeout=WAIT_MS)
-        print(f"alarm on the page {time.monotonic() - sent:.2f} s after the window was sent")
+        r, sent = _inject(fleet, "bed-001")
+        row = _wait_alarm_rows(page, collector, fleet, "bed-001", r)
+        print(f"alarm on the page {time.monotonic() - sent:.2f} s after the beat was streamed")
         assert row is not None
         assert page.get_attribute('.tile[data-id="bed-001"]', "data-alarm") == "1"
         assert _badge_shown(page, "bed-001")  # (it blinks: display, not visibility)
         assert not _badge_shown(page, "bed-000")
-        assert "window" in row.inner_text()
+        assert "beat" in row.inner_text()
+        alert = collector.of("/bed-001/alert")[0]
+        assert alert["source"] == "stream" and alert["score"] > alert["threshold"]
 
-        # A lead-off stretch: flat line in the stream, lead_off from the quality topic.
-        fleet.start_lead_off("bed-002", 60.0)
-        quality = {
-            "device_id": "bed-002",
-            "state": "lead_off",
-            "since": 0,
-            "since_ts": time.time(),
-            "reason": "flat line",
-        }
-        pub = Publisher(fresh_mosquitto.port)
-        pub.client.publish("ecg/bed-002/quality", json.dumps(quality), qos=1, retain=True)
-        pub.close()
+        # A lead-off stretch: a flat line in the stream, which the daemon calls lead_off.
+        fleet.start_lead_off("bed-002", 120.0)
         page.wait_for_selector(
             '.tile[data-id="bed-002"][data-quality="lead_off"] .overlay.show', timeout=WAIT_MS
         )
@@ -206,6 +230,7 @@ def test_central_station_page_end_to_end(
         # The device page draws the alerted beat from the stream around its time.
         page.click('.tile[data-id="bed-001"]')
         page.wait_for_selector("#device-view:not([hidden]) .beat canvas", timeout=WAIT_MS)
+        assert page.locator(".beat").count() == len(collector.of("/bed-001/alert"))
         assert "does not publish reconstructions" in page.inner_text("#dv-note")
         assert page.inner_text("#dv-id") == "bed-001"
 
@@ -220,6 +245,7 @@ def test_central_station_page_end_to_end(
         assert kinds <= {"stream", "window", "alert", "score", "quality", "status"}, kinds
 
         # The broker goes away: the page says so, keeps its state, and recovers.
+        seen_quality = len(collector.of("/bed-004/quality"))
         fresh_mosquitto.stop()
         page.wait_for_selector('#link[data-state="broker-down"]', timeout=WAIT_MS)
         assert page.locator("#banner").is_visible()
@@ -228,8 +254,18 @@ def test_central_station_page_end_to_end(
         page.wait_for_selector('#link[data-state="live"]', timeout=WAIT_MS)
         wait_online(collector, instance, timeout=60)
         _strip_changes(page, "bed-003")
-        sent = _inject(fleet, fresh_mosquitto.port, "bed-004", window)
-        page.wait_for_selector('#alarm-list tr[data-device="bed-004"]', timeout=WAIT_MS)
+        # The outage is a gap in every stream: detection restarts, quality is good again later.
+        collector.wait_for(
+            lambda: (
+                len(collector.of("/bed-004/quality")) > seen_quality
+                and _quality(collector, "bed-004") == "good"
+            ),
+            60,
+            "bed-004 good again after the gap",
+        )
+        assert page.locator('#alarm-list tr[data-device="bed-004"]').count() == 0
+        r, sent = _inject(fleet, "bed-004")
+        _wait_alarm_rows(page, collector, fleet, "bed-004", r)
         print(f"after the restart: alarm on the page {time.monotonic() - sent:.2f} s after")
         assert page.get_attribute('.tile[data-id="bed-004"]', "data-alarm") == "1"
         assert errors == []
