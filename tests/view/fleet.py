@@ -9,15 +9,19 @@ signal and learn the device time of that beat.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from monitor.stream_wire import encode_stream_binary
+
+BUNDLED = Path(__file__).resolve().parents[2] / "models" / "ecg-synthetic-dense.onnx"
 
 # name: (offset from R in s, amplitude mV, width s)
 NORMAL = {
@@ -132,6 +136,9 @@ class StreamFleet:
         return [d.id for d in self.devices]
 
     def start(self) -> StreamFleet:
+        origin = time.time()  # device clocks agree with the wall clock from the first chunk
+        for dev in self.devices:
+            dev.t_origin = origin
         self.client.connect(self.host, self.port)
         self.client.loop_start()
         self.thread = threading.Thread(target=self._run, name="stream-fleet", daemon=True)
@@ -184,3 +191,33 @@ class StreamFleet:
             self.thread.join(timeout=5)
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def stream_model(path: Path, *, threshold: float = 35.0, seconds: float = 60.0) -> Path:
+    """The bundled dense model as a stream model for this fleet: the default Segmentation, a
+    threshold (the fleet's normal beats score 7-17, a wide beat ~70) and, for p-values, the
+    scores of this fleet's normal beats as its calibration. Needs onnx (the dev extra)."""
+    import onnx  # noqa: PLC0415 (not a runtime dependency)
+    import onnxruntime as ort  # noqa: PLC0415
+
+    from monitor.frontend.segment import Segmentation  # noqa: PLC0415
+    from monitor.frontend.stream import process_record  # noqa: PLC0415
+
+    seg = Segmentation()
+    sess = ort.InferenceSession(str(BUNDLED), providers=["CPUExecutionProvider"])
+    scores: list[float] = []
+    for i, hr in enumerate((58.0, 70.0, 84.0, 98.0)):
+        dev = StreamDevice(f"cal-{i}", 250.0, hr, np.random.default_rng(100 + i), 0.0)
+        _, x = dev.samples(round(seconds * 250.0))
+        beats = process_record(x, 250.0, seg)
+        scores += np.asarray(sess.run(["score"], {"windows": beats.windows})[0]).tolist()
+    model = onnx.load(str(BUNDLED))
+    props = {p.key: p.value for p in model.metadata_props}
+    props["ecg.segmentation"] = seg.to_json()
+    props["ecg.threshold"] = repr(threshold)
+    props["ecg.calibration"] = json.dumps(
+        {"method": "quantile", "n": len(scores), "scores": sorted(scores)}
+    )
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    return path

@@ -19,16 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import onnx
 import pytest
 
-from monitor.frontend.segment import Segmentation
 from tests.brokers import Mosquitto
 from tests.monitor.daemon import ROOT, Collector, Daemon, wait_online, write_config
-from tests.view.fleet import StreamFleet
+from tests.view.fleet import StreamFleet, stream_model
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-MODEL = ROOT / "models" / "ecg-synthetic-dense.onnx"
 LAUNCH_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -89,17 +86,6 @@ class ViewProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def stream_model(path: Path, threshold: float = 35.0) -> Path:
-    """The bundled dense model with the default stream segmentation and its own threshold."""
-    model = onnx.load(str(MODEL))
-    props = {p.key: p.value for p in model.metadata_props}
-    props["ecg.segmentation"] = Segmentation().to_json()
-    props["ecg.threshold"] = repr(threshold)
-    onnx.helper.set_model_props(model, props)
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture
@@ -218,6 +204,7 @@ def test_central_station_page_end_to_end(
         assert "beat" in row.inner_text()
         alert = collector.of("/bed-001/alert")[0]
         assert alert["source"] == "stream" and alert["score"] > alert["threshold"]
+        assert alert["p_value"] is not None and alert["p_value"] < 0.01
 
         # A lead-off stretch: a flat line in the stream, which the daemon calls lead_off.
         fleet.start_lead_off("bed-002", 120.0)
