@@ -62,9 +62,9 @@ def main() -> int:
     fleet = StreamFleet(broker.port, devices=24, chunk_s=0.25, seed=3)
     try:
         wait_online(collector, "ward-3", timeout=60)
+        command = [sys.executable, "-m", "monitor", "view", "--listen", "127.0.0.1:0"]
         view = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "view", "--broker", f"127.0.0.1:{broker.port}"]
-            + ["--listen", "127.0.0.1:0"],
+            [*command, "--broker", f"127.0.0.1:{broker.port}"],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
