@@ -242,6 +242,7 @@ class Demo:
         self.tmp = Path(tempfile.mkdtemp(prefix="ecg-demo-"))
         self.broker: EmbeddedBroker | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
+        self.view: subprocess.Popen[str] | None = None
         self.sub: Subscriber | None = None
         self.fleet: Fleet | None = None
         self.fleet_client: Any = None
@@ -333,6 +334,47 @@ class Demo:
                 raise self.daemon_died()
             if time.monotonic() > deadline:
                 raise DemoError(f"the daemon was not online after {DAEMON_START_TIMEOUT:.0f} s")
+
+    def start_view(self, opts: ClientOptions) -> None:
+        """The central-station page (`ecg-monitor view`) on the demo's broker; its URL is printed.
+        Skipped with --no-view; a view that cannot start (no aiohttp, port taken) is a note."""
+        if not self.args.view:
+            return
+        a = self.args
+        cmd = [sys.executable, "-m", "monitor", "view", "--broker", str(opts.broker)]
+        cmd += [
+            "--mqtt-version",
+            opts.mqtt_version,
+            "--prefix",
+            a.prefix,
+            "--listen",
+            a.view_listen,
+        ]
+        if opts.username is not None:
+            cmd += ["--username", opts.username]
+        if opts.password_file is not None:
+            cmd += ["--password-file", str(opts.password_file)]
+        if opts.tls:
+            cmd.append("--tls")
+        if opts.ca_file is not None:
+            cmd += ["--ca-file", str(opts.ca_file)]
+        log_path = self.tmp / "view.log"
+        with log_path.open("wb") as log:
+            self.view = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+                text=True,
+            )
+        assert self.view.stdout is not None
+        line = self.view.stdout.readline()  # "view: URL ..." once it listens, "" if it exited
+        url = line.split()[1] if line.startswith("view: http") else None
+        if url is None:
+            self.say(f"view        not started: {_log_tail(log_path, 3) or line.strip()}")
+        else:
+            self.say(f"view        {url} (the central-station page; --no-view skips it)")
 
     def start_fleet(self, opts: ClientOptions) -> None:
         a = self.args
@@ -428,6 +470,8 @@ class Demo:
                     client.loop_stop()
                 except Exception:  # clean-up goes on whatever a client did
                     pass
+        if self.view is not None:
+            stop_process_group(self.view, grace=5.0)
         if self.daemon is not None:
             stop_process_group(self.daemon, grace=10.0)
         if self.broker is not None:
@@ -474,6 +518,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--summary-json", type=Path, metavar="FILE", help="also write the summary as JSON"
     )
+    parser.add_argument(
+        "--no-view",
+        dest="view",
+        action="store_false",
+        help="do not start the central-station page (ecg-monitor view, needs aiohttp)",
+    )
+    parser.add_argument(
+        "--view-listen",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="where the page is served (default 127.0.0.1:8080)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -493,6 +549,8 @@ def main(args: argparse.Namespace) -> int:
             demo.start_daemon(opts, model)
             demo.check()
             demo.wait_online(opts)
+            demo.start_view(opts)
+            demo.check()
             demo.start_fleet(opts)
             started = time.monotonic()
             demo.watch()
