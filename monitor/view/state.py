@@ -241,7 +241,6 @@ class Device:
 
     def summary(self) -> dict[str, Any]:
         q = self.quality or {}
-        last = self.alarms[-1] if self.alarms else None
         return {
             "id": self.id,
             "v": self.version,
@@ -253,7 +252,6 @@ class Device:
             "quality_reason": q.get("reason"),
             "unacked": self.unacked,
             "alarms": len(self.alarms),
-            "last_alarm": last.to_json() if last else None,
             "rejects": self.rejects,
         }
 

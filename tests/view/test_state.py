@@ -147,3 +147,15 @@ def test_quality_status_and_rejects_reach_the_summary() -> None:
     s.on_message("ecg/bad id/alert", b"{}", 0.0)
     s.on_message("other/x/alert", b"{}", 0.0)
     assert set(s.devices) == {"bed-000"}
+
+
+def test_the_cli_does_not_need_aiohttp_unless_the_view_runs() -> None:
+    """The daemon host installs no aiohttp: building every command's parser must not import it."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = (
+        "import sys, monitor.cli; monitor.cli.build_parser(); "
+        "assert 'aiohttp' not in sys.modules, 'aiohttp imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

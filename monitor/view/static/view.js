@@ -263,7 +263,7 @@ function addAlarms(list, initial) {
     body.insertBefore(alarmRow(a), body.firstChild);
     const dev = devices.get(a.device);
     if (dev) {
-      const t = a.kind === "stream" ? (a.beat_t != null ? a.beat_t : a.ts) : a.ts;
+      const t = a.ts;  // device time of the beat (stream) or of the window
       dev.marks.push(t);
       if (dev.marks.length > 20) dev.marks.shift();
       if (dev.strip && !initial) dev.strip.markNow(t);
