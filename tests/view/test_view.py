@@ -40,7 +40,9 @@ WAIT_MS = 20_000  # generous: a loaded CI machine; the latency goal lives in ben
 pytestmark = pytest.mark.slow
 
 
-def _browser_or_skip() -> Any:
+@pytest.fixture
+def sync_api() -> Any:
+    """playwright's sync API, or a skip saying what is missing (before any process starts)."""
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip(
@@ -169,9 +171,10 @@ def _wait_alarm_rows(
 
 
 def test_central_station_page_end_to_end(
-    fleet_view: tuple[StreamFleet, ViewProcess, Collector, str], fresh_mosquitto: Mosquitto
+    sync_api: Any,
+    fleet_view: tuple[StreamFleet, ViewProcess, Collector, str],
+    fresh_mosquitto: Mosquitto,
 ) -> None:
-    sync_api = _browser_or_skip()
     fleet, view, collector, instance = fleet_view
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
