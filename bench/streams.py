@@ -67,7 +67,7 @@ class Latencies:
 
 
 def metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read().decode()
     total = 0.0
     for line in text.splitlines():
         if line.startswith(f"ecg_monitor_{name}"):

@@ -35,7 +35,7 @@ class MqttConfig:
     share_group: str = ""
     qos: int = 1
     session_expiry_s: int = 3600
-    receive_maximum: int = 1000
+    receive_maximum: int = 65535
     max_inflight_out: int = 1000
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
