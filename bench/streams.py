@@ -33,6 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.sections import update_section  # noqa: E402
 from monitor.frontend.segment import Segmentation  # noqa: E402
+from monitor.frontend.stream import FrontEnd  # noqa: E402
+from monitor.frontend.synthetic import synthetic_stream  # noqa: E402
+from monitor.stream_wire import decode_stream, encode_stream_binary  # noqa: E402
 from tests.brokers import Mosquitto, free_port  # noqa: E402
 from tests.onnx_models import build_stream_model  # noqa: E402
 
@@ -214,6 +217,22 @@ def run_load(
         log.close()
 
 
+def frontend_cost(devices: int = 200, seconds: int = 30) -> float:
+    """CPU ms per stream-second of the front end alone (decode + FrontEnd.feed, in-process):
+    the part of a stream that costs per device, whatever the load elsewhere."""
+    seg = Segmentation(context=("pre_rr_s", "local_rr_s"))
+    sig = [synthetic_stream(seconds, FS, seed=i).signal_mv for i in range(8)]
+    fes = [FrontEnd(seg, FS) for _ in range(devices)]
+    n = int(FS)
+    t0 = time.process_time()
+    for k in range(seconds):
+        for d, fe in enumerate(fes):
+            payload = encode_stream_binary(k * n, 0.0, FS, sig[d % 8][k * n : (k + 1) * n])
+            c = decode_stream(payload, "d")
+            fe.feed(c.start, c.samples_mv, c.fs)
+    return 1000 * (time.process_time() - t0) / (devices * seconds)
+
+
 def stream_model(tmp: Path) -> Path:
     bundled = ROOT / "models" / "stream-synthetic-dense.onnx"
     if bundled.is_file():
@@ -254,6 +273,8 @@ def main() -> int:
                     print(json.dumps(r), flush=True)
         finally:
             broker.stop()
+    cost = frontend_cost()
+    print(f"front end: {cost:.2f} ms CPU per stream-second", flush=True)
     load = os.getloadavg()
     lines = [
         f"`python bench/streams.py --devices {args.devices} --seconds {args.seconds:g}` on "
@@ -273,6 +294,12 @@ def main() -> int:
             f"{r['p50']:.2f} | "
             f"{r['p99']:.2f} | {r['max']:.2f} | {'yes' if r['ok'] else 'no'} |"
         )
+    lines += [
+        "",
+        f"Front end alone (decode + `FrontEnd.feed`, 200 devices x 30 one-second chunks, "
+        f"in-process CPU time): **{cost:.2f} ms per stream-second**, so one core's ceiling is "
+        f"~{1000 / cost:,.0f} streams before batching, inference and MQTT.",
+    ]
     table = "\n".join(lines)
     print(table)
     if args.update:
