@@ -7,6 +7,7 @@ its own session and is stopped, and every temporary file removed, however the de
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -236,6 +237,8 @@ def _log_tail(path: Path, n: int = 20) -> str:
 class Demo:
     """Owns every part it starts; `close()` stops them all, whatever state start-up reached."""
 
+    config_extra = ""  # more daemon config (TOML tables), e.g. the stream demo's [streams]
+
     def __init__(self, args: argparse.Namespace, interrupted: threading.Event) -> None:
         self.args = args
         self.interrupted = interrupted
@@ -299,6 +302,7 @@ class Demo:
                 model=_toml(str(model)),
                 instance_id=_toml(self.instance_id),
             )
+            + self.config_extra
         )
         with self.daemon_log.open("wb") as log:
             self.daemon = subprocess.Popen(
@@ -484,6 +488,19 @@ class Demo:
 def configure(parser: argparse.ArgumentParser) -> None:
     add_client_options(parser, default=None)
     parser.add_argument(
+        "--mode",
+        choices=["window", "stream"],
+        default="window",
+        help="window: devices send cut heartbeat windows; stream: continuous ECG, the daemon "
+        "finds and scores the beats (monitor/stream_demo.py)",
+    )
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="stream mode: times real time (default 1)"
+    )
+    parser.add_argument(
+        "--records", help="stream mode with --source mitdb:DIR: records, comma separated"
+    )
+    parser.add_argument(
         "--duration", type=float, default=30.0, help="seconds of traffic (default 30)"
     )
     parser.add_argument("--devices", type=int, default=10, help="simulated devices (default 10)")
@@ -533,6 +550,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.mode == "stream":
+        return int(importlib.import_module("monitor.stream_demo").main(args))
     model = args.model.resolve()
     if not model.is_file():
         hint = " (build it with `make models`)" if args.model == DEFAULT_MODEL else ""

@@ -13,6 +13,8 @@ RejectCode = Literal[
     "too_large",
     "bad_device_id",
     "bad_stream",
+    "out_of_range",
+    "internal_error",
 ]
 
 

@@ -17,6 +17,7 @@ from monitor.engine import Model
 from monitor.metrics import Metrics
 from monitor.mqtt import Message, MqttBridge
 from monitor.scorer import Scores
+from monitor.storm import Storm, StormGuard
 
 
 class Input(Protocol):
@@ -41,6 +42,10 @@ class Input(Protocol):
         """Rows or publishes this input still waits for (draining waits until 0)."""
         ...
 
+    def failed(self, seg: Segment[Token], error: Exception) -> None:
+        """The batch holding this segment failed after inference: settle its rows."""
+        ...
+
     async def background(self) -> None:
         """Housekeeping between messages (runs as a task while the service runs)."""
         ...
@@ -56,8 +61,17 @@ class Token(Protocol):
 class Pipeline:
     """Shared handles; `bridge` is set once the service has connected."""
 
-    def __init__(self, cfg: Config, metrics: Metrics, batcher: Batcher[Token]) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        metrics: Metrics,
+        batcher: Batcher[Token],
+        storms: StormGuard,
+        on_storm: Callable[[Storm], None],
+    ) -> None:
         self.cfg = cfg
+        self.storms = storms
+        self._on_storm = on_storm
         self.metrics = metrics
         self.batcher = batcher
         self.prefix = cfg.mqtt.topic_prefix
@@ -76,6 +90,16 @@ class Pipeline:
     ) -> None:
         assert self.bridge is not None
         self.bridge.publish(topic, payload, qos=qos, retain=retain, on_done=on_done)
+
+    def max_payload(self, topic: str) -> int:
+        """The largest payload a QoS 1 publish to `topic` may carry (broker packet limit)."""
+        assert self.bridge is not None
+        return self.bridge.max_payload(topic)
+
+    def feed_storm(self, device_id: str, scored: int, anomalous: int) -> None:
+        """Alarm-storm accounting (monitor.storm) for one device's scored rows."""
+        for storm in self.storms.feed(device_id, scored, anomalous):
+            self._on_storm(storm)
 
     def ack(self, msg: Message) -> None:
         assert self.bridge is not None

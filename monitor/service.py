@@ -32,6 +32,7 @@ from monitor.metrics import Metrics, MetricsServer
 from monitor.mqtt import Message, MqttBridge
 from monitor.pipeline import Input, Pipeline, Token
 from monitor.scorer import score_batch
+from monitor.storm import Storm, StormGuard, calibrated_fpr
 from monitor.streams import StreamInput
 from monitor.systemd import Notifier
 from monitor.windows import WindowInput
@@ -54,7 +55,14 @@ class Service:
         self.batcher: Batcher[Token] = Batcher(cfg.batch.max_batch, cfg.batch.max_wait_ms / 1000.0)
         self.metrics = Metrics(queue_depth=lambda: float(self.batcher.queued))
         self.metrics.set_model(model.info.name, model.info.version, model.info.provider)
-        self.pipe = Pipeline(cfg, self.metrics, self.batcher)
+        self.storms = StormGuard(
+            calibrated_fpr(model.info.metadata),
+            device_windows=cfg.alerts.storm_windows,
+            fleet_windows=cfg.alerts.storm_fleet_windows,
+            min_share=cfg.alerts.storm_share,
+        )
+        self.storm: Storm | None = None  # the latest, carried in the status
+        self.pipe = Pipeline(cfg, self.metrics, self.batcher, self.storms, self._on_storm)
         self.inputs: list[Input] = []
         if cfg.inputs_windows and model.info.context_size:
             raise ConfigError(
@@ -91,7 +99,10 @@ class Service:
 
     def status(self, state: str) -> Status:
         info = self.model.info
-        return Status(state, self.cfg.service.instance_id, info.name, info.version, self.started_at)
+        storm = self.storm.to_dict() if self.storm is not None else None
+        return Status(
+            state, self.cfg.service.instance_id, info.name, info.version, self.started_at, storm
+        )
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -117,6 +128,7 @@ class Service:
                     will=(self.cfg.status_topic, self.status("offline").to_json()),
                     on_message=self._on_message,
                     on_online=self._on_online,
+                    on_refused=self.metrics.outputs_refused.inc,
                 )
             except (ssl.SSLError, OSError, ValueError) as e:  # TLS files paho cannot use
                 raise ConfigError(f"mqtt: {e}") from None
@@ -270,7 +282,28 @@ class Service:
             except Exception as e:
                 self._fatal(f"inference failed: {type(e).__name__}: {e}")
                 raise
-            self._handle(batch, model, inference)
+            try:
+                self._handle(batch, model, inference)
+            except Exception as e:  # a bug must not stop the pipeline for everyone
+                self._fail_batch(batch, e)
+
+    def _fail_batch(self, batch: Batch[Token], error: Exception) -> None:
+        """Every segment's owner settles what this batch leaves open (windows: internal_error
+        rejects with the payload)."""
+        self.metrics.batch_failures.inc()
+        log.exception("batch_failed", batch_size=batch.size, error=f"{type(error).__name__}")
+        for seg in batch.segments:
+            seg.token.owner.failed(seg, error)
+
+    def _on_storm(self, storm: Storm) -> None:
+        """Said once per storm: a log line, a metric, and the retained status."""
+        assert self.bridge is not None
+        self.storm = storm
+        self.metrics.storms.inc(scope=storm.scope)
+        log.warning("alarm_storm", **storm.to_dict())
+        self.bridge.publish(
+            self.cfg.status_topic, self.status("online").to_json(), qos=1, retain=True
+        )
 
     def _handle(self, batch: Batch[Token], model: Model, inference: Inference) -> None:
         """Score the batch once, then hand each segment's rows to the input that put them."""
@@ -349,6 +382,7 @@ class Service:
             self._reloading = False
             self.notifier.ready()
         self.model = new
+        self.storms.fpr = calibrated_fpr(new.info.metadata)
         self.metrics.reloads.inc(result="ok")
         self.metrics.set_model(new.info.name, new.info.version, new.info.provider)
         log.info(

@@ -181,12 +181,14 @@ class StreamFleet:
     prefix: str = "ecg"
     device_prefix: str = "sim-"
     loop: bool = False
+    wall_clock: bool = False  # device time 0 = the wall time the run starts (latency benches)
     on_truth: Callable[[list[tuple[str, int, str, bool, float, float]]], None] | None = None
     max_pending: int = 5000
     chunks: int = 0
     beats: int = 0
     acked: int = 0
     stop_event: threading.Event = field(default_factory=threading.Event)
+    t0: float = T0_DEVICE
 
     def __post_init__(self) -> None:
         if not self.recordings:
@@ -203,6 +205,7 @@ class StreamFleet:
     def run(self, client: mqtt.Client, duration: float | None = None) -> None:
         """Publish until every recording is sent (or `duration` s, or stop())."""
         client.on_publish = self._on_publish
+        self.t0 = time.time() if self.wall_clock else T0_DEVICE
         m0 = time.monotonic()
         end = m0 + duration if duration is not None else float("inf")
         rng = np.random.default_rng(0)
@@ -211,6 +214,8 @@ class StreamFleet:
         laps = [0] * len(self.recordings)
         pace = self.chunk_s / self.speed if self.speed > 0 else 0.0
         phase = [float(rng.uniform(0, pace)) for _ in self.recordings]
+        # each device starts recording at its own phase: sample 0 is at t0 + phase
+        self._phase = phase if self.wall_clock else [0.0] * len(phase)
         heap = [(m0 + phase[i] + pace, i) for i in range(len(self.recordings))]
         heapq.heapify(heap)
         while heap and not self.stop_event.is_set():
@@ -229,7 +234,7 @@ class StreamFleet:
             start = pos[i]
             k = min(n, rec.signal_mv.size - start)
             offset = laps[i] * rec.signal_mv.size
-            payload = self._lapped(rec, start, k, offset)
+            payload = self._lapped(rec, start, k, offset, self._phase[i])
             if self.on_truth is not None:
                 lo, hi = np.searchsorted(rec.r_peaks, [start, start + k])
                 wall_end = time.time()
@@ -240,7 +245,7 @@ class StreamFleet:
                         int(r) + offset,
                         rec.labels[j],
                         rec.is_anomaly(j),
-                        T0_DEVICE + (int(r) + offset) / rec.fs,
+                        self.t0 + self._phase[i] + (int(r) + offset) / rec.fs,
                         wall_end - (start + k - int(r)) / rate if self.speed > 0 else wall_end,
                     )
                     for j, r in zip(range(lo, hi), rec.r_peaks[lo:hi].tolist(), strict=True)
@@ -258,11 +263,11 @@ class StreamFleet:
                 laps[i] += 1
             heapq.heappush(heap, (max(due + pace, now - 1.0), i))
 
-    def _lapped(self, rec: Recording, start: int, k: int, offset: int) -> bytes:
+    def _lapped(self, rec: Recording, start: int, k: int, offset: int, phase: float) -> bytes:
         """A chunk of the recording at stream index offset + start (loops continue the index)."""
         part = rec.signal_mv[start : start + k]
         s = offset + start
-        ts = T0_DEVICE + s / rec.fs
+        ts = self.t0 + phase + s / rec.fs
         if self.fmt == "json":
             return encode_stream_json(s, ts, rec.fs, part)
         if self.fmt == "i16":
@@ -295,6 +300,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--gain", type=float, default=200.0, help="ADC units per mV (--format i16)")
     g.add_argument("--loop", action="store_true", help="replay recordings again and again")
+    g.add_argument(
+        "--wall-clock",
+        action="store_true",
+        help="device time of sample 0 = now (alert ts is then comparable with published_at)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -322,6 +332,7 @@ def main(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             device_prefix=args.device_prefix,
             loop=args.loop,
+            wall_clock=args.wall_clock,
             on_truth=truth.write if truth else None,
         )
         client = connect(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import time
 import zlib
 from collections import deque
@@ -172,6 +173,9 @@ class StreamInput:
                 min_fs=self.cfg.min_fs,
                 max_fs=self.cfg.max_fs,
             )
+            peak = float(np.abs(chunk.samples_mv).max())
+            if peak > p.cfg.limits.max_abs_sample:
+                raise PayloadError("out_of_range", f"|sample| {peak:.6g} > limits.max_abs_sample")
             dev = self._device(chunk, now)
         except PayloadError as e:
             self._reject(msg, Reject(raw_device, e.code, e.reason, msg.received_at, msg.payload))
@@ -290,6 +294,9 @@ class StreamInput:
         dev = b.device
         rows = slice(seg.offset, seg.offset + seg.count)
         beats = slice(seg.start, seg.stop)
+        p.feed_storm(
+            dev.device_id, int(scores.finite[rows].sum()), int(scores.anomalous[rows].sum())
+        )
         mask = scores.anomalous[rows] & b.alertable[beats]
         if p.policy.active:
             mask = p.policy.admit(dev.device_id, mask, now)
@@ -341,7 +348,7 @@ class StreamInput:
                 device_id=dev.device_id,
                 seqs=tuple(b.r_index.tolist()),
                 ts=tuple(b.ts.tolist()),
-                scores=tuple(b.scores.tolist()),
+                scores=tuple(v if math.isfinite(v) else None for v in b.scores.tolist()),
                 threshold=threshold,
                 model=model.info.name,
                 model_version=model.info.version,
@@ -354,6 +361,18 @@ class StreamInput:
                 report.to_json(),
                 on_done=functools.partial(self._published, b),
             )
+        self._check_done(b)
+
+    def failed(self, seg: Segment[Token], error: Exception) -> None:
+        """A failed batch: these beats get no outputs (logged by the service); their chunks are
+        released as if scored, so one bad batch cannot hold a device's stream forever."""
+        b = seg.token
+        assert isinstance(b, Beats)
+        if b.rows_left <= 0:
+            return
+        b.rows_left = 0
+        b.scores = None
+        log.error("beats_failed", device_id=b.device.device_id, seqs=b.r_index[:8].tolist())
         self._check_done(b)
 
     def _published(self, b: Beats) -> None:

@@ -7,6 +7,7 @@ A window message is acknowledged once every window in it is scored and every out
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import structlog
 from monitor.alerts import Alert, Reject, ScoreReport
 from monitor.batcher import Segment
 from monitor.engine import Model
+from monitor.errors import RejectCode
 from monitor.ingest import Ingest
 from monitor.mqtt import Message
 from monitor.pipeline import Pipeline, Token
@@ -48,6 +50,7 @@ class WindowInput:
             window_length,
             cfg.limits.max_payload_bytes,
             cfg.limits.max_windows_per_message,
+            cfg.limits.max_abs_sample,
         )
         self.open_deliveries = 0
         self._tail = "/window"
@@ -70,15 +73,9 @@ class WindowInput:
         p, m = self.p, self.p.metrics
         result = self.ingest(msg.topic, msg.payload, msg.received_at)
         if isinstance(result, Reject):
-            m.rejected.inc(code=result.code)
-            log.info("rejected", device_id=result.device_id, code=result.code, reason=result.reason)
-            d = Delivery(self, msg, None, windows_left=0, publishes_left=1)
+            d = Delivery(self, msg, None, windows_left=0, publishes_left=0)
             self.open_deliveries += 1
-            p.publish(
-                self.ingest.reject_topic(result),
-                result.to_json(),
-                on_done=functools.partial(self._published, d),
-            )
+            self._reject(d, result)
             return
         frame = result
         cap = p.cfg.limits.queue_windows
@@ -92,6 +89,33 @@ class WindowInput:
         p.batcher.put(frame, d)
         p.admitted(frame.count)
 
+    def _reject(self, d: Delivery, reject: Reject) -> None:
+        """Publish a reject of d's message (its payload, cut to the broker's packet limit)."""
+        self.p.metrics.rejected.inc(code=reject.code)
+        log.info("rejected", device_id=reject.device_id, code=reject.code, reason=reject.reason)
+        topic = self.ingest.reject_topic(reject)
+        d.publishes_left += 1
+        self.p.publish(
+            topic,
+            reject.to_json(self.p.max_payload(topic)),
+            on_done=functools.partial(self._published, d),
+        )
+
+    def _reject_of(self, d: Delivery, code: RejectCode, reason: str) -> Reject:
+        device_id = d.frame.device_id if d.frame is not None else ""
+        return Reject(device_id, code, reason, d.message.received_at, d.message.payload)
+
+    def failed(self, seg: Segment[Token], error: Exception) -> None:
+        """Reject (internal_error, with the payload) a message the failed batch leaves open."""
+        d = seg.token
+        assert isinstance(d, Delivery)
+        if d.windows_left <= 0:
+            return  # finished before the failure
+        d.windows_left = 0
+        d.scores = None
+        reason = f"the daemon failed on this message ({type(error).__name__}); see its log"
+        self._reject(d, self._reject_of(d, "internal_error", reason))
+
     def scored(
         self, seg: Segment[Token], scores: Scores, model: Model, threshold: float, now: float
     ) -> None:
@@ -100,6 +124,9 @@ class WindowInput:
         frame = d.frame
         p, m = self.p, self.p.metrics
         rows = slice(seg.offset, seg.offset + seg.count)
+        p.feed_storm(
+            frame.device_id, int(scores.finite[rows].sum()), int(scores.anomalous[rows].sum())
+        )
         mask = scores.anomalous[rows]
         if p.policy.active:
             mask = p.policy.admit(frame.device_id, mask, now)
@@ -134,11 +161,20 @@ class WindowInput:
             m.alerts.inc(hits.size)
         if d.scores is not None:
             d.scores[seg.start : seg.stop] = scores.score[rows]
+        if not scores.finite[rows].all():
+            self._out_of_range(d, frame, seg.start + np.flatnonzero(~scores.finite[rows]))
         d.windows_left -= seg.count
         if d.windows_left == 0:
             if d.scores is not None:
                 self._publish_scores(d, model, threshold)
             self._check_done(d)
+
+    def _out_of_range(self, d: Delivery, frame: Frame, rows: np.ndarray) -> None:
+        """Windows the model scored NaN/inf: neither alert nor normal, so rejected."""
+        seqs = ", ".join(str(frame.seq + int(r)) for r in rows[:8])
+        more = f" and {rows.size - 8} more" if rows.size > 8 else ""
+        reason = f"score not finite (the model overflowed) for window seq {seqs}{more}"
+        self._reject(d, self._reject_of(d, "out_of_range", reason))
 
     def _publish_scores(self, d: Delivery, model: Model, threshold: float) -> None:
         assert d.frame is not None and d.scores is not None
@@ -147,19 +183,17 @@ class WindowInput:
             device_id=frame.device_id,
             seq=frame.seq,
             ts=frame.ts,
-            scores=tuple(d.scores.tolist()),
+            scores=tuple(s if math.isfinite(s) else None for s in d.scores.tolist()),
             threshold=threshold,
             model=model.info.name,
             model_version=model.info.version,
             received_at=d.message.received_at,
             published_at=time.time(),
         )
-        d.publishes_left += 1
-        self.p.publish(
-            f"{self.p.prefix}/{frame.device_id}/score",
-            report.to_json(),
-            on_done=functools.partial(self._published, d),
-        )
+        topic = f"{self.p.prefix}/{frame.device_id}/score"
+        for part in report.parts(self.p.max_payload(topic), frame.window_ts):
+            d.publishes_left += 1
+            self.p.publish(topic, part, on_done=functools.partial(self._published, d))
 
     def _published(self, d: Delivery) -> None:
         d.publishes_left -= 1

@@ -7,6 +7,7 @@ so score = (1 - alpha) * sum |windows - template|: windows near the template sco
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +113,6 @@ def build_stream_model(
     """A stream model: the affine model of `build_model` plus `ecg.segmentation`; with
     `context` = k > 0 a second input `context` [batch, k] whose weighted sum is added to the
     score (so a test can tell the daemon fed it exactly)."""
-    import json
-
     tmpl = numpy_helper.from_array(template(length)[None, :], "template")
     alpha_t = numpy_helper.from_array(np.array(0.5, dtype=np.float32), "alpha")
     axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")

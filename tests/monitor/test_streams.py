@@ -4,17 +4,24 @@ kill -9 and broker restarts, redelivered chunks change nothing."""
 
 from __future__ import annotations
 
+import threading
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from monitor.frontend.segment import Segmentation
 from monitor.frontend.stream import process_record
 from monitor.frontend.synthetic import synthetic_stream
 from monitor.stream_wire import encode_stream_binary, encode_stream_json
+from monitor.streams import owner_of
 from tests.brokers import Mosquitto
 from tests.monitor.daemon import Collector, Daemon, Publisher, wait_online, write_config
 from tests.onnx_models import build_stream_model
@@ -107,7 +114,7 @@ def test_live_beats_and_scores_equal_offline(
     cfg = config(tmp_path, fresh_mosquitto, model)
     col = Collector(fresh_mosquitto.port, ["ecg/#", "ecg-monitor/#"])
     daemons.append(d := Daemon(cfg).start())
-    wait_online(col, str(__import__("tomllib").loads(cfg.read_text())["service"]["instance_id"]))
+    wait_online(col, str(tomllib.loads(cfg.read_text())["service"]["instance_id"]))
     signals = {
         "d0": signal(1, 60),
         "d1": signal(2, 60),
@@ -147,7 +154,7 @@ def test_redelivered_chunks_change_nothing(
     cfg = config(tmp_path, fresh_mosquitto, model, idle_forget_s=600.0)
     col = Collector(fresh_mosquitto.port, ["ecg/#", "ecg-monitor/#"])
     daemons.append(Daemon(cfg).start())
-    wait_online(col, str(__import__("tomllib").loads(cfg.read_text())["service"]["instance_id"]))
+    wait_online(col, str(tomllib.loads(cfg.read_text())["service"]["instance_id"]))
     x = signal(7, 40)
     truth = {("r0", r): s for r, s in offline(model, x).items()}
     pub = Publisher(fresh_mosquitto.port)
@@ -175,13 +182,6 @@ class SessionCollector(Collector):
     what is published while a broker restarts reaches it afterwards."""
 
     def __post_init__(self) -> None:
-        import threading
-
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = paho.Client(
@@ -205,8 +205,6 @@ def test_kill_9_three_times_and_a_broker_restart_lose_no_beat(
     """20 devices streaming; the daemon is killed with SIGKILL three times mid-stream, then the
     broker is restarted while the daemon works through its backlog: every beat the offline run
     finds is scored (duplicates share (device_id, seq) and the offline score)."""
-    import tomllib
-
     broker = Mosquitto(tmp_path / "broker", persistence=True).start()
     col: Collector | None = None
     pub: Publisher | None = None
@@ -257,10 +255,6 @@ def test_two_partitioned_instances_share_devices_and_fail_over(
     device by the instance crc32 assigns it to; then partition 0's instance is killed (-9) and
     a standby started with partition 0's config (same client id) gets every chunk the broker
     held: no beat lost."""
-    import tomllib
-
-    from monitor.streams import owner_of
-
     broker = Mosquitto(tmp_path / "broker").start()
     col: Collector | None = None
     try:
