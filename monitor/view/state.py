@@ -30,6 +30,7 @@ MAX_ALARMS = 1000  # alarms kept for the list (newest)
 DEVICE_ALARMS = 20  # alarms (with their beats) kept per device for its page
 QUALITY_HISTORY = 20
 LIVE_S = 3.0  # a stream device with no chunk for this long is shown as "no data"
+MAX_DEVICES = 10_000  # beyond this, messages of new device ids are skipped (bounded memory)
 FLUSH_S = 1.0  # chunks of a device no page shows are processed once a second, in one batch
 
 
@@ -377,9 +378,11 @@ class FleetState:
             self.broker_changed_at = now
             self.meta_version += 1
 
-    def device(self, device_id: str) -> Device:
+    def device(self, device_id: str) -> Device | None:
         d = self.devices.get(device_id)
         if d is None:
+            if len(self.devices) >= MAX_DEVICES:
+                return None
             d = self.devices[device_id] = Device(device_id)
             # Spread the once-a-second processing of unwatched devices over the second.
             d.phase = (zlib.crc32(device_id.encode()) % 1000) / 1000.0 * FLUSH_S
@@ -403,6 +406,9 @@ class FleetState:
                 self.skipped += 1  # the daemon rejects it, with the reason, on .../rejected
                 return
             d = self.device(device_id)
+            if d is None:
+                self.skipped += 1
+                return
             d.inbox.append((chunk, now))
             d.last_chunk_at = now
             if not d.live:
@@ -417,6 +423,9 @@ class FleetState:
             self.skipped += 1
             return
         d = self.device(device_id)
+        if d is None:
+            self.skipped += 1
+            return
         if kind == "alert":
             self._on_alert(d, obj, now)
         elif kind == "quality":

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.stream_wire import encode_stream_binary as encode_ecgs
+from monitor.view import state as state_module
 from monitor.view.state import (
     ClientCursor,
     Decimator,
@@ -159,3 +161,12 @@ def test_the_cli_does_not_need_aiohttp_unless_the_view_runs() -> None:
         "assert 'aiohttp' not in sys.modules, 'aiohttp imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_device_count_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random device ids cannot grow the view's memory without bound."""
+    monkeypatch.setattr(state_module, "MAX_DEVICES", 2)
+    s = FleetState()
+    for i in range(3):
+        s.on_message(f"ecg/d{i}/alert", _alert(1, 2.0), 0.0)
+    assert set(s.devices) == {"d0", "d1"} and s.skipped == 1
