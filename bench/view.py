@@ -4,7 +4,8 @@
     .venv/bin/python bench/view.py --devices 50 --seconds 10 --no-write
 
 A mosquitto of its own, `ecg-monitor view` as a child process, a simulated fleet
-(tests/view/fleet.py: --devices streams at --fs Hz, one ECGS chunk every --chunk-s each, QoS 0)
+(tests/view/fleet.py: --devices streams at --fs Hz, one ECGS chunk every --chunk-s each, QoS 0;
+one run per chunk size given)
 and Debian's chromium (headless, driven by playwright) showing the grid at 1600x900. Stream
 alerts are published at one per second on random devices. After a warm-up, CPU time
 (user + system, from /proc) is read over --seconds: of the view server process, of the
@@ -215,36 +216,56 @@ def run(args: argparse.Namespace) -> Result:
     )
 
 
-def render(r: Result, cmd: str) -> str:
-    return "\n".join(
-        [
-            "## Central-station view (bench/view.py)",
-            "",
-            f"`{cmd}` on {platform.machine()} ({os.cpu_count()} cores, shared), "
-            f"{time.strftime('%Y-%m-%d', time.gmtime())}. {r.devices} simulated devices streaming "
-            f"{r.fs:g} Hz in {r.chunk_s:g} s ECGS chunks ({r.messages_per_s:,.0f} messages/s to "
-            "the view), one stream alert per second; headless Debian chromium, grid at 1600x900 "
-            f"({r.visible} tiles on screen); CPU time (user+system, /proc) over {r.seconds:g} s "
-            f"after a warm-up; 1-min load average {r.load} (other jobs shared the cores: the "
-            "frame rate suffers first, CPU time much less).",
-            "",
-            "| measure | value | goal |",
-            "|---|---:|---:|",
-            f"| view server (`ecg-monitor view`), % of one core | {r.server_pct:.1f} | < 20 |",
-            f"| chromium renderer, % of one core | {r.renderer_pct:.1f} | |",
-            f"| chromium, all processes, % of one core | {r.browser_pct:.1f} | < 50 |",
-            f"| frames drawn by the page per second | {r.fps:.1f} | 30 |",
-            f"| alert published -> row on the page, p50 / max ms ({r.alerts} alerts) | "
-            f"{r.latency_p50_ms:.0f} / {r.latency_max_ms:.0f} | < 2000 |",
-        ]
-    )
+def render(results: list[Result], cmd: str) -> str:
+    r = results[0]
+    cols = " | ".join(f"{x.chunk_s:g} s chunks" for x in results)
+    sep = "|".join("---:" for _ in results)
+
+    def row(name: str, goal: str, fmt: str, values: list[object]) -> str:
+        return f"| {name} | " + " | ".join(format(v, fmt) for v in values) + f" | {goal} |"  # type: ignore[arg-type]
+
+    lines = [
+        "## Central-station view (bench/view.py)",
+        "",
+        f"`{cmd}` on {platform.machine()} ({os.cpu_count()} cores, shared), "
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}. {r.devices} simulated devices streaming "
+        f"{r.fs:g} Hz as ECGS chunks (QoS 0), one stream alert per second; headless Debian "
+        f"chromium, grid at 1600x900 ({r.visible} tiles on screen); CPU time (user+system, "
+        f"/proc) over {r.seconds:g} s after a warm-up. Other jobs shared the two cores (1-min "
+        "load average below): the page's frame rate suffers first, CPU time much less.",
+        "",
+        f"| measure | {cols} | goal |",
+        f"|---|{sep}|---:|",
+        row("messages/s to the view", "", ",.0f", [x.messages_per_s for x in results]),
+        row(
+            "view server (`ecg-monitor view`), % of one core",
+            "< 20",
+            ".1f",
+            [x.server_pct for x in results],
+        ),
+        row("chromium renderer, % of one core", "", ".1f", [x.renderer_pct for x in results]),
+        row(
+            "chromium, all processes, % of one core",
+            "< 50",
+            ".1f",
+            [x.browser_pct for x in results],
+        ),
+        row("frames drawn by the page per second", "30", ".1f", [x.fps for x in results]),
+        "| alert published -> row on the page, p50 / max ms | "
+        + " | ".join(f"{x.latency_p50_ms:.0f} / {x.latency_max_ms:.0f}" for x in results)
+        + " | < 2000 |",
+        "| 1-min load average, start -> end | " + " | ".join(x.load for x in results) + " | |",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--devices", type=int, default=200)
     p.add_argument("--fs", type=float, default=250.0)
-    p.add_argument("--chunk-s", type=float, default=0.25)
+    p.add_argument(
+        "--chunk-s", type=float, nargs="+", default=[0.25, 1.0], help="one run per chunk size"
+    )
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--warmup", type=float, default=8.0)
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
@@ -252,9 +273,11 @@ def main() -> int:
     if not Path(CHROMIUM).exists():
         print("bench/view.py: needs Debian's chromium (apt-get install chromium)", file=sys.stderr)
         return 2
-    result = run(args)
+    results = []
+    for chunk_s in args.chunk_s:
+        results.append(run(argparse.Namespace(**{**vars(args), "chunk_s": chunk_s})))
     cmd = "python bench/view.py " + " ".join(sys.argv[1:])
-    text = render(result, cmd.strip())
+    text = render(results, cmd.strip())
     print(text)
     if not args.no_write:
         update_section(ROOT / "BENCHMARKS.md", "view", text)
