@@ -170,6 +170,7 @@ class ViewServer:
             "messages": s.messages,
             "skipped": s.skipped,
             "pages": len(self.pages),
+            "watched": [sorted(p.cursor.watched) for p in self.pages],  # per page
             "ticks": self.ticks,
         }
         return web.json_response(body, dumps=_dumps)
