@@ -25,11 +25,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
         type=parse_listen,
-        default=("127.0.0.1", 8080),
+        default="127.0.0.1:8080",
         metavar="HOST:PORT",
-        help="where the page is served (default 127.0.0.1:8080: this machine only)",
+        help="where the page is served (127.0.0.1: this machine only)",
     )
-    parser.add_argument("--prefix", default="ecg", help="topic prefix (default ecg)")
+    parser.add_argument("--prefix", default="ecg", help="topic prefix")
     # The view needs nothing from MQTT 5, and paho decodes each MQTT 5 message's properties in
     # Python: a third of the view's CPU at hundreds of stream chunks a second.
     parser.set_defaults(mqtt_version="3.1.1")
