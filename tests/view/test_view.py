@@ -163,9 +163,13 @@ def _wait_alarm_rows(
 ) -> Any:
     """The daemon alerts the injected beat (the beat before it may be alerted too: its window
     reaches into the premature one) and the page lists every alert of the device."""
-    collector.wait_for(
-        lambda: _alerted_at(collector, device, r, fleet.fs), 30, f"{device} beat {r} alerted"
-    )
+    deadline = time.monotonic() + 60
+    while not _alerted_at(collector, device, r, fleet.fs):
+        if time.monotonic() > deadline:
+            quality = [(q["state"], q["since"]) for q in collector.of(f"/{device}/quality")]
+            alerts = [(a["seq"], a["score"]) for a in collector.of(f"/{device}/alert")]
+            raise AssertionError(f"{device} beat {r} not alerted: {quality=} {alerts=}")
+        time.sleep(0.05)
     n = len(collector.of(f"/{device}/alert"))
     sel = f'#alarm-list tr[data-device="{device}"]'
     page.wait_for_function(f"document.querySelectorAll('{sel}').length === {n}", timeout=WAIT_MS)
