@@ -119,6 +119,18 @@ class Metrics:
         )
         self.alerts = Counter("alerts_total", "Alerts published.")
         self.reloads = Counter("model_reloads_total", "Model reloads, by result (ok|failed).")
+        self.storms = Counter(
+            "alarm_storms_total",
+            "Alarm storms (alert share far above the calibrated false-alarm rate), by scope "
+            "(device|fleet): the model and the data likely do not match.",
+        )
+        self.outputs_refused = Counter(
+            "outputs_refused_total",
+            "Outputs not published because they could not fit the broker's packet limit.",
+        )
+        self.batch_failures = Counter(
+            "batch_failures_total", "Batches whose results could not be handled (a daemon bug)."
+        )
         self.batch_size = Histogram(
             "batch_size", "Windows per inference call.", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
         )
@@ -146,6 +158,9 @@ class Metrics:
             self.dropped,
             self.alerts,
             self.reloads,
+            self.storms,
+            self.outputs_refused,
+            self.batch_failures,
             self.batch_size,
             self.inference_seconds,
             self.latency_seconds,
