@@ -68,6 +68,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "and denoising with Gaussian and speckle noise. Images are split (seeded) into a "
         "training and a held-out part.",
     ),
+    "qrs": (
+        "training.qrs",
+        "the front end's R-peak detector alone on WFDB records (Se, +P, timing)",
+        "Run the streaming R-peak detector alone on WFDB records and match its beats to the "
+        "reference annotations (EC57-style, --tolerance-ms): sensitivity, positive "
+        "predictivity, timing error, and its time per hour of signal.",
+    ),
 }
 
 
