@@ -7,13 +7,13 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch; a bare `torch` would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help venv test lint format demo models models-stream models-mitdb bench clean
+.PHONY: help venv test lint format demo models models-ecg5000 models-stream models-mitdb bench bench-calibration clean
 
 help:
 	@echo "make test    - create .venv (train+dev extras) and run lint-free test suite"
 	@echo "make lint    - ruff + mypy --strict on monitor/ and training/"
 	@echo "make demo    - runtime-only environment (no torch) and the one-command demo"
-	@echo "make models  - rebuild the bundled model under models/ with ecg-train"
+	@echo "make models  - rebuild the bundled models under models/ with ecg-train"
 	@echo "make models-stream - rebuild models/stream-synthetic-dense.onnx (synthetic stream)"
 	@echo "make models-mitdb  - rebuild models/mitdb-ds1-dense.onnx (needs ../shared/data/mitdb)"
 	@echo "make bench   - model-only and end-to-end benchmarks (see BENCHMARKS.md)"
@@ -42,13 +42,13 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check monitor training tests bench
-	$(BIN)/ruff format --check monitor training tests bench
+	$(BIN)/ruff check monitor training tests bench tools
+	$(BIN)/ruff format --check monitor training tests bench tools
 	$(BIN)/mypy
 
 format: $(BIN)/.installed
-	$(BIN)/ruff format monitor training tests bench
-	$(BIN)/ruff check --fix monitor training tests bench
+	$(BIN)/ruff format monitor training tests bench tools
+	$(BIN)/ruff check --fix monitor training tests bench tools
 
 # The daemon host's environment: numpy, onnxruntime, paho-mqtt, structlog (+ amqtt for
 # the embedded broker). No torch, no onnx.
@@ -75,6 +75,22 @@ models: $(BIN)/.installed
 	$(BIN)/ecg-train fit $(MODEL_RECIPE) --device cpu --threads 1 --out runs/bundled-dense --quiet
 	$(BIN)/ecg-train export runs/bundled-dense --out $(BUNDLED)
 	$(BIN)/ecg-train evaluate $(BUNDLED) --data synthetic:20000 --json models/ecg-synthetic-dense.metrics.json
+	$(MAKE) models-ecg5000
+
+# The default windows model (models/MODEL_CARD.md): the dense recipe on the ECG5000 TRAIN
+# normals, cross-conformal calibration (every normal beat scored out of fold).
+ECG5000_TRAIN ?= /work/shared/data/ECG5000/ECG5000_TRAIN.arff
+ECG5000_MODEL := models/ecg5000-dense.onnx
+models-ecg5000: $(BIN)/.installed
+	rm -rf runs/ecg5000-dense
+	$(BIN)/ecg-train fit --config configs/train-dense.toml --data ucr:$(ECG5000_TRAIN) --seed 0 --device cpu --threads 1 --out runs/ecg5000-dense --quiet --no-plots
+	$(BIN)/ecg-train export runs/ecg5000-dense --out $(ECG5000_MODEL)
+	$(BIN)/ecg-train evaluate $(ECG5000_MODEL) --data ucr:$(ECG5000_TRAIN) --json models/ecg5000-dense.metrics.json
+
+# Repeated nested cross-validation of the calibration (BENCHMARKS.md, "Calibration").
+bench-calibration: $(BIN)/.installed
+	nice -n 10 $(BIN)/python bench/calibration.py cv --data ucr:$(ECG5000_TRAIN) --variants dense --repeats 1 --json runs/cv-dense.json
+	$(BIN)/python bench/calibration.py report runs/cv-*.json --benchmarks BENCHMARKS.md
 
 # Stream models (beats cut by monitor/frontend; models/MODEL_CARD.md). The synthetic one needs
 # no data; the MIT-BIH one trains on DS1 with leave-records-out CV and out-of-fold calibration.

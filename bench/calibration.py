@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,35 +124,36 @@ def cv_main(argv: Sequence[str]) -> int:
 
 
 def _pct(v: float | None, digits: int = 1) -> str:
-    return "—" if v is None or v != v else f"{100 * v:.{digits}f}"
+    return "—" if v is None or math.isnan(v) else f"{100 * v:.{digits}f}"
 
 
-def report_table(runs: list[dict[str, object]], keys: Sequence[str]) -> str:
+def _bound_lower(proto: dict[str, Any]) -> float:
+    """α − 1/(n + 1) for the typical calibration size n of an outer fold."""
+    n = proto["normals"] * (proto["outer_k"] - 1) / proto["outer_k"]
+    return float(max(0.0, float(proto["fpr"]) - 1.0 / (n + 1.0)))
+
+
+def report_table(runs: list[dict[str, Any]], keys: Sequence[str]) -> str:
     lines = [
-        "| variant | score / deployment | repeats×folds | ROC AUC | recall @0.1 % FA | @1 % FA "
-        "| @5 % FA | FA at the 1 % threshold (± s.e.) | recall there | bound (split conformal) |",
+        "| variant | score / deployment | repeats × outer folds | ROC AUC | recall @0.1 % FA "
+        "| @1 % FA | @5 % FA | FA at the 1 % threshold ± s.e. | recall there "
+        "| split-conformal bound on FA |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for run in runs:
-        proto = run["protocol"]
-        assert isinstance(proto, dict)
-        res = run["results"]
-        assert isinstance(res, dict)
-        note = (
-            " (reduced: " + ", ".join(f"{k}={v}" for k, v in run["overrides"].items()) + ")"
-            if run.get("overrides")
-            else ""
-        )  # type: ignore[union-attr]
+        proto, res, over = run["protocol"], run["results"], run.get("overrides") or {}
+        name = str(run["variant"])
+        if over:
+            name += " (" + ", ".join(f"{k}={v}" for k, v in over.items()) + ")"
         for key in keys:
             r = res[key]
             lines.append(
-                f"| {run['variant']}{note} | {key} | {proto['repeats']}×{proto['outer_k']} "
+                f"| {name} | {key} | {proto['repeats']} × {proto['outer_k']} "
                 f"| {r['roc_auc_pooled']:.4f} | {_pct(r['recall_at_0.001'])} "
                 f"| {_pct(r['recall_at_0.01'])} | {_pct(r['recall_at_0.05'])} "
-                f"| {_pct(r['fa_at_threshold'], 2)} ± {_pct(r['fa_se'], 2)} "
+                f"| {_pct(r['fa_at_threshold'], 2)} ± {_pct(r['fa_se'], 2)} % "
                 f"| {_pct(r['recall_at_threshold'])} "
-                f"| FA ∈ [{_pct(proto['fpr'] - 1 / (proto['normals'] * (proto['outer_k'] - 1) / proto['outer_k'] + 1), 2)}, "
-                f"{_pct(r['bound_fa_upper'], 2)}] |"
+                f"| [{_pct(_bound_lower(proto), 2)}, {_pct(r['bound_fa_upper'], 2)}] % |"
             )
     return "\n".join(lines) + "\n"
 

@@ -5,9 +5,9 @@ never anomalous and never "normal": `finite` is False and the daemon rejects it 
 `out_of_range` with its payload.
 
 `p_value` is the calibrated p-value of each score (monitor.calibration), None when the model
-carries no calibration scores. `peak_index` is where the window deviates most from its
-reconstruction (argmax of the absolute error over what the model compared, i.e. after any
-preprocessing).
+carries no calibration scores (a non-finite score gets p = 1). `peak_index` is where the
+window deviates most from its reconstruction (argmax of the absolute error over what the
+model compared, i.e. after any preprocessing).
 """
 
 from __future__ import annotations

@@ -472,14 +472,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calibration",
         choices=sorted(METHODS),
-        help="threshold method: cross-conformal = conformal quantile of out-of-fold scores of "
-        "all normals, see training/calibrate.py (default: cross-conformal)",
+        help="threshold method; cross-conformal = the conformal quantile of the out-of-fold "
+        "scores of all normals (training/calibrate.py) " + recipe_default("calibration"),
     )
     parser.add_argument(
-        "--folds", type=int, help="cross-conformal folds (default 5; continuous records: 6)"
+        "--folds",
+        type=int,
+        help="cross-conformal fold models (continuous records: leave-records-out folds, 6) "
+        + recipe_default("folds"),
     )
     parser.add_argument(
-        "--score", choices=SCORES, help="l1 (plain) or std (per-sample standardised residuals)"
+        "--score",
+        choices=SCORES,
+        help="l1 (plain) or std (per-sample standardised residuals) " + recipe_default("score"),
     )
     parser.add_argument(
         "--grad-clip",
