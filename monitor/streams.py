@@ -96,6 +96,7 @@ class Device:
     open_publishes: int = 0  # quality events not yet acknowledged
     quality: list[tuple[int, str]] = field(default_factory=list)  # (since, state), ascending
     flushed: bool = False  # the front end was flushed for idleness (no more feeds expected)
+    last_count: int = 0  # the input's chunk count at this device's last chunk
 
     def ts_of(self, index: np.ndarray) -> np.ndarray:
         start, ts = self.anchor
@@ -128,6 +129,8 @@ class StreamInput:
         # every device would wait for chunks that cannot come: the oldest are acked instead.
         self.held_cap = max(1, rm - max(16, rm // 20))
         self.forced_acks = 0
+        self.chunk_count = 0
+        self.last_chunk_at = time.monotonic()
         self._tail = "/stream"
         self._last_sweep = time.monotonic()
         pipe.metrics.stream_devices.set(0)
@@ -181,7 +184,10 @@ class StreamInput:
             self._reject(msg, Reject(raw_device, e.code, e.reason, msg.received_at, msg.payload))
             return
         m.chunks_received.inc()
+        self.chunk_count += 1
+        self.last_chunk_at = now
         dev.last_seen = now
+        dev.last_count = self.chunk_count
         if dev.flushed:  # back after being flushed for idleness: start afresh
             dev.fe = FrontEnd(self.seg, chunk.fs)
             dev.flushed = False
@@ -434,10 +440,20 @@ class StreamInput:
         what is left, as offline at the end of a record) and those beats scored; once none is
         open the held chunks are acknowledged and the device forgotten (it re-learns when it
         returns). Returns how many were forgotten."""
-        cutoff = now - self.cfg.idle_forget_s
+        idle_s = self.cfg.idle_forget_s
+        cutoff = now - idle_s
+        if self.p.bridge is not None and self.p.bridge.paused:
+            return 0  # backpressure: devices are not silent, we are not reading
+        # Silent by the clock is not enough: after the event loop stalls (or the daemon was
+        # away) every device looks silent until the backlog is read. A device is idle when
+        # the others sent plenty since its last chunk, or when no device sent anything lately.
+        quiet = now - self.last_chunk_at >= idle_s / 2
+        plenty = 2 * len(self.devices)
         gone = 0
         for dev in [d for d in self.devices.values() if d.last_seen < cutoff]:
             if dev.open_beats or dev.open_publishes:
+                continue
+            if not quiet and self.chunk_count - dev.last_count < plenty:
                 continue
             if not dev.flushed:
                 dev.flushed = True
