@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.quantize",
         "int8 model, written only if held-out ROC AUC drops by at most 0.002",
     ),
+    "qrs": (
+        "training.qrs",
+        "the front end's R-peak detector alone on WFDB records (Se, +P, timing)",
+    ),
     "mnist": ("training.mnist", "the MNIST image case studies (latent sweep, denoising)"),
 }
 

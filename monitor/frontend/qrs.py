@@ -7,13 +7,18 @@ Pipeline per chunk, vectorised: band-pass 5-15 Hz -> five-point derivative -> sq
 samples `refractory_s` after them have arrived. Decisions run on candidates only:
 
 * adaptive thresholds from the medians of the last 8 QRS and the last 8 noise peak levels
-  (Hamilton-Tompkins): TH1 = noise + 0.3125 (qrs - noise), search-back threshold TH2 = TH1 / 2;
+  (Hamilton-Tompkins): TH1 = noise + 0.15 (qrs - noise), search-back threshold TH2 = TH1 / 2;
 * T-wave discrimination: a candidate within 360 ms of the last QRS whose steepest slope is
   under half that QRS's slope is a T wave;
 * search-back: when no QRS was found for 1.66 x the mean of the last 8 RR intervals, the
   largest candidate above TH2 since the last QRS is taken (Pan-Tompkins);
+* a rejected candidate enters the noise ring clipped at TH2 of a zero noise floor, so missed
+  (e.g. ventricular) beats cannot raise the threshold that missed them; noise peaks older
+  than 8 s are forgotten (bounded memory);
 * the R peak is refined on a wide-band (0.5-40 Hz) copy of the signal: the sample of largest
-  |amplitude| in a window before the MWI peak, its filter delay (a constant) subtracted.
+  |amplitude| from 75 ms before to 40 ms after the expected QRS centre (MWI peak minus the
+  band-pass, derivative and half-integration delays), minus that filter's group delay at
+  15 Hz (a constant: 1-3 samples).
 
 Every rule reads candidates and sample positions only, never chunk boundaries, so any chunking
 gives the same peaks to the sample. State is plain data (filter `zi`, rings, buffers).
@@ -22,8 +27,10 @@ gives the same peaks to the sample. State is plain data (filter `zi`, rings, buf
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import median
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy import signal
 from scipy.ndimage import maximum_filter1d
 
@@ -48,6 +55,7 @@ class DetectorState:
     learn_levels: list[float] = field(default_factory=list)
     qrs_levels: list[float] = field(default_factory=list)  # last 8 QRS MWI peaks
     noise_levels: list[float] = field(default_factory=list)  # last 8 noise MWI peaks
+    noise_at: list[int] = field(default_factory=list)  # their MWI indices
     rr: list[int] = field(default_factory=list)  # last 8 RR intervals (samples)
     last_c: int | None = None  # MWI index of the last QRS
     last_r: int | None = None  # R index of the last QRS
@@ -66,6 +74,8 @@ class QrsDetector:
     name = DETECTOR_NAME
     band_hz = (5.0, 15.0)
     refine_band_hz = (0.5, 40.0)
+    refine_early_s = 0.065
+    refine_late_s = 0.025
     integration_s = 0.150
     refractory_s = 0.200
     t_wave_s = 0.360
@@ -73,8 +83,9 @@ class QrsDetector:
     searchback_factor = 1.66
     searchback_max_s = 2.0
     searchback_min_s = 0.5
-    th_fraction = 0.3125
+    th_fraction = 0.15
     ring = 8
+    noise_memory_s = 8.0
 
     def __init__(self, fs: float, start: int = 0) -> None:
         self.fs = check_fs(fs)
@@ -84,14 +95,16 @@ class QrsDetector:
         self.n_int = max(2, round(self.integration_s * fs))
         self.w = max(2, round(self.refractory_s * fs))
         self.t_wave = round(self.t_wave_s * fs)
+        self._noise_memory = round(self.noise_memory_s * fs)
         self._deriv_b = np.array([2.0, 1.0, 0.0, -1.0, -2.0]) * (fs / 8.0)
         self._mwi_b = np.full(self.n_int, 1.0 / self.n_int)
         # Where the R peak sits relative to the MWI peak c (input time): the MWI peak trails
         # the QRS centre by the band-pass delay + derivative delay (2) + (n_int - 1) / 2.
         lag = self._bp.delay_samples + 2 + (self.n_int - 1) // 2
-        half = round(0.075 * fs)
-        self._r_from = lag + half  # search R in [c - r_from, c - r_to]
-        self._r_to = max(0, lag - half)
+        early = round(self.refine_early_s * fs)
+        late = round(self.refine_late_s * fs)
+        self._r_from = lag + early  # search R in [c - r_from, c - r_to]
+        self._r_to = max(0, lag - late)
         self._ref_delay = self._ref.delay_samples
         self.keep = 2 * self.w + max(self._r_from, self.n_int) + 8
         self.reset(start)
@@ -105,7 +118,9 @@ class QrsDetector:
 
     @property
     def horizon_s(self) -> float:
-        """Past needed to reproduce decisions: learning + 8 beats of rings at 40 bpm."""
+        """Past needed to reproduce decisions: the noise ring forgets after noise_memory_s,
+        the QRS and RR rings hold 8 beats (12 s at 40 bpm), learning takes learn_s; measured
+        on DS1 (4 records x 13 restarts) a fresh detector agreed within 8 s."""
         return 20.0
 
     @property
@@ -175,18 +190,39 @@ class QrsDetector:
         k = np.arange(w, w + (last - self._next_i) + 1)
         core = seg[k]
         hit = k[(core == mx[k]) & (core > seg[k - 1]) & (core > 0.0)]
-        out = []
-        for kk in hit.tolist():
-            c = self._next_i + (kk - w)
-            b = c - self._buf0
-            slope = float(self._d[max(0, b - self.n_int) : b + 1].max())
-            a0 = max(0, b - self._r_from + self._ref_delay)
-            a1 = max(a0 + 1, b - self._r_to + self._ref_delay + 1)
-            win = self._y[a0:a1]
-            r = self._buf0 + a0 + int(np.argmax(np.abs(win))) - self._ref_delay
-            out.append(_Candidate(c, float(seg[kk]), slope, max(r, self._start)))
+        out: list[_Candidate] = []
+        if hit.size:
+            b = hit - w + (self._next_i - self._buf0)  # buffer positions of the MWI peaks
+            a0 = b - self._r_from + self._ref_delay  # refine windows [a0, a0 + span)
+            span = self._r_from - self._r_to + 1
+            full = (b >= self.n_int) & (a0 >= 0)
+            slope = np.empty(b.size)
+            r_pos = np.empty(b.size, dtype=np.int64)
+            if full.any():
+                bf, af = b[full], a0[full]
+                slope[full] = sliding_window_view(self._d, self.n_int + 1)[bf - self.n_int].max(1)
+                wins = sliding_window_view(np.abs(self._y), span)[af]
+                r_pos[full] = af + wins.argmax(1)
+            for i in np.flatnonzero(~full).tolist():  # only right after a (re)start
+                bi = int(b[i])
+                slope[i] = self._d[max(0, bi - self.n_int) : bi + 1].max()
+                lo_i = max(0, int(a0[i]))
+                r_pos[i] = lo_i + self._refine(self._y[lo_i : max(lo_i + 1, int(a0[i]) + span)])
+            r_abs = np.maximum(self._buf0 + r_pos - self._ref_delay, self._start)
+            levels = seg[hit]
+            c_abs = self._next_i + (hit - w)
+            out = [
+                _Candidate(int(c), float(v), float(sl), int(r))
+                for c, v, sl, r in zip(
+                    c_abs.tolist(), levels.tolist(), slope.tolist(), r_abs.tolist(), strict=True
+                )
+            ]
         self._next_i = last + 1
         return out
+
+    def _refine(self, win: np.ndarray) -> int:
+        """Index of the R peak in `win`: the largest |amplitude| (R, or a QS complex's nadir)."""
+        return int(np.argmax(np.abs(win)))
 
     # ---- decisions -------------------------------------------------------------------
     def _run(self, final: bool) -> np.ndarray:
@@ -205,10 +241,16 @@ class QrsDetector:
         self._trim()
         return np.asarray(peaks, dtype=np.int64)
 
-    def _thresholds(self) -> tuple[float, float]:
+    def _thresholds(self, now: int) -> tuple[float, float]:
         st = self.state
-        qrs = float(np.median(st.qrs_levels))
-        noise = float(np.median(st.noise_levels)) if st.noise_levels else 0.0
+        # Noise peaks older than noise_memory_s are forgotten: bounded memory (horizon_s).
+        old = 0
+        while old < len(st.noise_at) and st.noise_at[old] < now - self._noise_memory:
+            old += 1
+        if old:
+            del st.noise_levels[:old], st.noise_at[:old]
+        qrs = median(st.qrs_levels)
+        noise = median(st.noise_levels) if st.noise_levels else 0.0
         th1 = noise + self.th_fraction * (qrs - noise)
         return th1, 0.5 * th1
 
@@ -222,7 +264,7 @@ class QrsDetector:
             self._end_learning(peaks)
         while st.deadline is not None and st.deadline < cand.c:
             self._search_back(peaks)
-        th1, _ = self._thresholds()
+        th1, _ = self._thresholds(cand.c)
         if cand.level > th1 and not self._is_t_wave(cand):
             self._accept(cand, peaks)
         else:
@@ -235,9 +277,10 @@ class QrsDetector:
         levels = np.asarray(st.learn_levels)
         st.qrs_levels = [float(levels.max()) * 0.5] if levels.size else [0.0]
         st.noise_levels = [float(np.median(levels)) * 0.5] if levels.size else []
+        st.noise_at = [self._start] if levels.size else []
         backlog, st.pending = st.pending, []
         for cand in backlog:
-            th1, _ = self._thresholds()
+            th1, _ = self._thresholds(cand.c)
             if cand.level > th1 and not self._is_t_wave(cand):
                 self._accept(cand, peaks)
             else:
@@ -254,8 +297,14 @@ class QrsDetector:
 
     def _noise(self, cand: _Candidate) -> None:
         st = self.state
-        st.noise_levels.append(cand.level)
-        del st.noise_levels[: -self.ring]
+        # A rejected candidate may be a missed (e.g. ventricular) beat: count it as noise only
+        # up to TH2 of a zero noise floor, so missed beats cannot raise the threshold that
+        # missed them. The cap reads the QRS ring only (not the noise ring itself), so the
+        # noise ring has no feedback loop and two detectors resynchronise within 8 entries.
+        cap = 0.5 * self.th_fraction * median(st.qrs_levels) if st.qrs_levels else np.inf
+        st.noise_levels.append(min(cand.level, cap))
+        st.noise_at.append(cand.c)
+        del st.noise_levels[: -self.ring], st.noise_at[: -self.ring]
 
     def _accept(self, cand: _Candidate, peaks: list[int]) -> None:
         st = self.state
@@ -273,7 +322,7 @@ class QrsDetector:
 
     def _searchback_gap(self) -> int:
         st = self.state
-        rr = float(np.mean(st.rr)) if st.rr else 1.0 * self.fs
+        rr = sum(st.rr) / len(st.rr) if st.rr else 1.0 * self.fs
         gap = min(
             max(self.searchback_factor * rr, self.searchback_min_s * self.fs),
             self.searchback_max_s * self.fs,
@@ -283,7 +332,7 @@ class QrsDetector:
     def _search_back(self, peaks: list[int]) -> None:
         st = self.state
         assert st.deadline is not None
-        _, th2 = self._thresholds()
+        _, th2 = self._thresholds(st.deadline)
         pool = [
             c for c in st.pending if c.c <= st.deadline and c.level > th2 and not self._is_t_wave(c)
         ]
@@ -294,7 +343,7 @@ class QrsDetector:
             st.pending = rest
             return
         # Nothing above TH2: the QRS level estimate is stale (amplitude fell); decay it.
-        st.qrs_levels.append(0.5 * float(np.median(st.qrs_levels)))
+        st.qrs_levels.append(0.5 * median(st.qrs_levels))
         del st.qrs_levels[: -self.ring]
         st.pending = [c for c in st.pending if c.c > st.deadline]
         st.deadline += self._searchback_gap()

@@ -2,12 +2,16 @@
 
 The signal is judged in consecutive blocks of `block_s` seconds counted from the stream's
 start (so chunking does not matter). Per block (Zhao & Zhang 2018, simplified):
-* lead-off: flat line (peak-to-peak < `flat_mv`) or saturation (a large share of samples
+* lead-off: flat line (peak-to-peak < `flat_mv`, or `flat_run_s` of one repeated value) or
+  saturation (a large share of samples
   sitting at the block's extreme value, the rails of the ADC);
-* noise: kurtosis (kSQI) of the band-passed block below `min_kurtosis` (clean ECG is peaky),
-  spectral ratio pSQI = P(5-15 Hz) / P(5-40 Hz) outside [0.4, 0.9], or a heart rate from the
-  detector's R peaks outside 25-220 bpm.
-A new state is entered after `enter_blocks` consecutive blocks say so; `good` needs
+* noise: kurtosis (kSQI) of the band-passed block below `min_kurtosis` (clean ECG is peaky; a
+  sine-like signal is not), spectral ratio pSQI = P(5-15 Hz) / P(5-40 Hz) below `min_psqi`
+  (broadband noise), or a heart rate from the detector's R peaks outside 25-220 bpm. Measured
+  on 1 s blocks of DS1: pSQI's 1st percentile is 0.53-0.70 per record, white noise gives 0.35;
+  wide QRS complexes push pSQI up to 0.99, so there is no upper bound; kurtosis of clean 1 s
+  blocks goes down to 2.2 (wide complexes), so kSQI only catches sine-like signals.
+A new state is entered after `enter_blocks` consecutive blocks say so (lead_off: one); `good` needs
 `good_blocks` clean blocks in a row (slower to trust than to distrust).
 """
 
@@ -35,9 +39,10 @@ class QualityMonitor:
     enter_blocks = 2
     good_blocks = 3
     flat_mv = 0.02
+    flat_run_s = 0.3  # this long without any change of value is a flat line too
     saturation_share = 0.25
-    min_kurtosis = 3.0
-    psqi_range = (0.4, 0.9)
+    min_kurtosis = 2.0  # a sine has 1.5: flutter, mains, oscillation
+    min_psqi = 0.45  # broadband (muscle, motion) noise pushes power above 15 Hz
     hr_range_bpm = (25.0, 220.0)
 
     def __init__(self, fs: float, start: int = 0, *, peak_latency_s: float = 2.5) -> None:
@@ -91,6 +96,9 @@ class QualityMonitor:
         ptp = float(raw.max() - raw.min())
         if ptp < self.flat_mv:
             return "lead_off", f"flat line (peak-to-peak {ptp:.3f} mV)"
+        run = _longest_constant_run(raw)
+        if run >= self.flat_run_s * self.fs:
+            return "lead_off", f"flat line for {run / self.fs:.2f} s"
         at_rail = max(np.mean(raw == raw.max()), np.mean(raw == raw.min()))
         if at_rail > self.saturation_share:
             return "lead_off", f"saturation ({100 * at_rail:.0f} % of samples at the rail)"
@@ -103,7 +111,7 @@ class QualityMonitor:
         wide = float(spec[self._wide_band].sum())
         if wide > 0:
             psqi = float(spec[self._qrs_band].sum()) / wide
-            if not self.psqi_range[0] <= psqi <= self.psqi_range[1]:
+            if psqi < self.min_psqi:
                 return "noisy", f"spectral ratio pSQI {psqi:.2f}"
         # Heart rate over 8 s of R peaks ending peak_lag before the block's end.
         end = b0 + self.block - self.peak_lag
@@ -123,8 +131,20 @@ class QualityMonitor:
             self._run_reason = reason
         if self._blocks_done < self.learn_blocks:
             return None
-        need = self.good_blocks if verdict == "good" else self.enter_blocks
+        # A flat or saturated block is unambiguous: lead_off needs one block.
+        need = {"good": self.good_blocks, "lead_off": 1}.get(verdict, self.enter_blocks)
         if self.state != verdict and self._run_len >= need:
             self.state, self.since = verdict, self._run_since
             return QualityChange(verdict, self._run_since, self._run_reason)
         return None
+
+
+def _longest_constant_run(x: np.ndarray) -> int:
+    """Length (samples) of the longest stretch of one repeated value."""
+    if x.size < 2:
+        return int(x.size)
+    same = np.concatenate([[False], x[1:] == x[:-1], [False]])
+    edges = np.flatnonzero(same[1:] != same[:-1])
+    if edges.size == 0:
+        return 1
+    return int((edges[1::2] - edges[0::2]).max()) + 1
