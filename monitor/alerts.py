@@ -37,6 +37,8 @@ class Alert:
     peak_index: int
     received_at: float
     published_at: float
+    # share of calibration normals scoring at least this high (monitor.calibration);
+    # None (JSON null) for a model without calibration scores
     p_value: float | None = None
     source: str = "window"
     rr_s: float | None = None
@@ -52,11 +54,10 @@ class Alert:
             "model": self.model,
             "model_version": self.model_version,
             "peak_index": self.peak_index,
+            "p_value": self.p_value,
             "received_at": self.received_at,
             "published_at": self.published_at,
         }
-        if self.p_value is not None:
-            d["p_value"] = self.p_value
         if self.source != "window":
             d["source"] = self.source
             d["rr_s"] = self.rr_s

@@ -308,7 +308,7 @@ class Service:
     def _handle(self, batch: Batch[Token], model: Model, inference: Inference) -> None:
         """Score the batch once, then hand each segment's rows to the input that put them."""
         threshold = self.threshold(model)
-        scores = score_batch(inference, threshold)
+        scores = score_batch(inference, threshold, model.info.p_values)
         n = batch.size
         m = self.metrics
         m.windows_scored.inc(n)

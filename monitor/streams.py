@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import math
 import time
 import zlib
@@ -312,7 +311,8 @@ class StreamInput:
         hits = np.flatnonzero(mask)
         if hits.size:
             info = model.info
-            pv = p_values(model, scores.score[rows][hits])
+            pvs = scores.p_value
+            pv = [None] * hits.size if pvs is None else pvs[rows][hits].tolist()
             for i, score, peak, pval in zip(
                 hits.tolist(),
                 scores.score[rows][hits].tolist(),
@@ -508,32 +508,3 @@ def segmentation_of(model: Model) -> Segmentation:
             f"ecg.window_length {model.info.window_length}"
         )
     return seg
-
-
-def p_values(model: Model, scores: np.ndarray) -> list[float | None]:
-    """(1 + #{calibration normals >= s}) / (n + 1) when `ecg.calibration` holds its scores."""
-    cal = _calibration_scores(model)
-    if cal is None:
-        return [None] * int(scores.size)
-    ge = cal.size - np.searchsorted(cal, scores.astype(np.float64), side="left")
-    out: list[float | None] = ((1.0 + ge) / (cal.size + 1.0)).tolist()
-    return out
-
-
-@functools.lru_cache(maxsize=8)
-def _calibration_cached(raw: str) -> np.ndarray | None:
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        return None
-    values = obj.get("scores") if isinstance(obj, dict) else None
-    if not isinstance(values, list) or not values:
-        return None
-    try:
-        return np.sort(np.asarray(values, dtype=np.float64))
-    except (TypeError, ValueError):
-        return None
-
-
-def _calibration_scores(model: Model) -> np.ndarray | None:
-    return _calibration_cached(model.info.metadata.get("ecg.calibration", ""))

@@ -135,7 +135,11 @@ class WindowInput:
             info = model.info
             score_list = scores.score[rows][hits].tolist()
             peak_list = scores.peak_index[rows][hits].tolist()
-            for i, score, peak in zip(hits.tolist(), score_list, peak_list, strict=True):
+            pv = scores.p_value
+            p_list = [None] * hits.size if pv is None else pv[rows][hits].tolist()
+            for i, score, peak, p_value in zip(
+                hits.tolist(), score_list, peak_list, p_list, strict=True
+            ):
                 row = seg.start + i
                 published_at = time.time()
                 alert = Alert(
@@ -149,6 +153,7 @@ class WindowInput:
                     peak_index=peak,
                     received_at=d.message.received_at,
                     published_at=published_at,
+                    p_value=p_value,
                 )
                 d.publishes_left += 1
                 p.publish(

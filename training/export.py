@@ -64,7 +64,8 @@ def _metadata(ckpt: dict[str, Any], run_dir: Path, model: Autoencoder) -> dict[s
     return {
         "ecg.window_length": str(model.input_dim),
         "ecg.threshold": repr(float(calibration["threshold"])),
-        "ecg.score": "l1_sum",
+        # std_l1_sum: Σ w_j |x_j − r_j| with per-sample weights baked into the graph
+        "ecg.score": "std_l1_sum" if model.standardised else "l1_sum",
         "ecg.variant": model.variant,
         "ecg.model_name": f"{str(data['name']).lower()}-{model.variant}",
         "ecg.model_version": version,
