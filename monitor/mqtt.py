@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 import time
 from collections import deque
@@ -26,6 +27,9 @@ from monitor.config import MqttConfig
 from monitor.errors import MonitorError
 
 log = structlog.get_logger("monitor.mqtt")
+
+SHORT_SESSION_S = 5.0
+FLAPPING_AFTER = 3  # short sessions in a row that name the likely cause
 
 
 class MqttError(MonitorError):
@@ -96,6 +100,8 @@ class MqttBridge:
         self._misc: asyncio.Task[None] | None = None
         self._first_error: str | None = None
         self._was_online = False  # a CONNACK+SUBACK since the last failure: backoff restarts
+        self._online_at = -math.inf
+        self._short_sessions = 0  # disconnects within SHORT_SESSION_S of getting online, in a row
         self._session_present = False
 
         v5 = cfg.protocol == 5
@@ -408,6 +414,7 @@ class MqttBridge:
 
     def _set_online(self) -> None:
         self._was_online = True
+        self._online_at = time.monotonic()
         self._online.set()
         if self._on_online_cb is not None:
             self._on_online_cb(self._session_present)
@@ -419,11 +426,16 @@ class MqttBridge:
         self.connected = False
         if not self._closing:
             log.warning("mqtt_disconnected", reason=str(reason), was_connected=was)
-            if "taken over" in str(reason).lower():
+            # Dropped again and again right after getting online: mostly another client with
+            # our client id (mosquitto 2.0.11 gives no reason when it takes a session over).
+            online_for = time.monotonic() - self._online_at
+            self._short_sessions = self._short_sessions + 1 if online_for < SHORT_SESSION_S else 0
+            if "taken over" in str(reason).lower() or self._short_sessions == FLAPPING_AFTER:
                 log.error(
                     "mqtt_session_taken_over",
                     client_id=self.cfg.client_id,
-                    hint="another client connected with this client id (with the shipped "
+                    reason=str(reason),
+                    hint="another client connects with this client id (with the shipped "
                     "broker config: the same username); give each instance its own user",
                 )
         self._disconnected.set()

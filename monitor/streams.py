@@ -340,12 +340,7 @@ class StreamInput:
                     rr_s=rr_s,
                     hr_bpm=None if rr_s is None else 60.0 / rr_s,
                 )
-                b.publishes_left += 1
-                p.publish(
-                    f"{p.prefix}/{dev.device_id}/alert",
-                    alert.to_json(),
-                    on_done=functools.partial(self._published, b),
-                )
+                self._publish(b, f"{p.prefix}/{dev.device_id}/alert", alert.to_json())
                 m.latency_seconds.observe(published_at - b.received_at)
             m.alerts.inc(hits.size)
         b.rows_left -= seg.count
@@ -361,12 +356,7 @@ class StreamInput:
                 received_at=b.received_at,
                 published_at=time.time(),
             )
-            b.publishes_left += 1
-            p.publish(
-                f"{p.prefix}/{dev.device_id}/score",
-                report.to_json(),
-                on_done=functools.partial(self._published, b),
-            )
+            self._publish(b, f"{p.prefix}/{dev.device_id}/score", report.to_json())
         self._check_done(b)
 
     def failed(self, seg: Segment[Token], error: Exception) -> None:
@@ -380,6 +370,15 @@ class StreamInput:
         b.scores = None
         log.error("beats_failed", device_id=b.device.device_id, seqs=b.r_index[:8].tolist())
         self._check_done(b)
+
+    def _publish(self, b: Beats, topic: str, payload: bytes) -> None:
+        """A QoS 1 output of these beats, counted only once queued (a failure leaves b whole)."""
+        b.publishes_left += 1
+        try:
+            self.p.publish(topic, payload, on_done=functools.partial(self._published, b))
+        except BaseException:
+            b.publishes_left -= 1
+            raise
 
     def _published(self, b: Beats) -> None:
         b.publishes_left -= 1

@@ -94,12 +94,17 @@ class WindowInput:
         self.p.metrics.rejected.inc(code=reject.code)
         log.info("rejected", device_id=reject.device_id, code=reject.code, reason=reject.reason)
         topic = self.ingest.reject_topic(reject)
+        self._publish(d, topic, reject.to_json(self.p.max_payload(topic)))
+
+    def _publish(self, d: Delivery, topic: str, payload: bytes) -> None:
+        """A QoS 1 output of d's message; d is acknowledged once every output has its PUBACK.
+        Counted only once it is queued, so a failure building or queueing it leaves d whole."""
         d.publishes_left += 1
-        self.p.publish(
-            topic,
-            reject.to_json(self.p.max_payload(topic)),
-            on_done=functools.partial(self._published, d),
-        )
+        try:
+            self.p.publish(topic, payload, on_done=functools.partial(self._published, d))
+        except BaseException:
+            d.publishes_left -= 1
+            raise
 
     def _reject_of(self, d: Delivery, code: RejectCode, reason: str) -> Reject:
         device_id = d.frame.device_id if d.frame is not None else ""
@@ -155,12 +160,7 @@ class WindowInput:
                     published_at=published_at,
                     p_value=p_value,
                 )
-                d.publishes_left += 1
-                p.publish(
-                    f"{p.prefix}/{frame.device_id}/alert",
-                    alert.to_json(),
-                    on_done=functools.partial(self._published, d),
-                )
+                self._publish(d, f"{p.prefix}/{frame.device_id}/alert", alert.to_json())
                 m.latency_seconds.observe(published_at - d.message.received_at)
                 log.debug("alert", device_id=frame.device_id, seq=frame.seq + row, score=score)
             m.alerts.inc(hits.size)
@@ -197,8 +197,7 @@ class WindowInput:
         )
         topic = f"{self.p.prefix}/{frame.device_id}/score"
         for part in report.parts(self.p.max_payload(topic), frame.window_ts):
-            d.publishes_left += 1
-            self.p.publish(topic, part, on_done=functools.partial(self._published, d))
+            self._publish(d, topic, part)
 
     def _published(self, d: Delivery) -> None:
         d.publishes_left -= 1

@@ -441,3 +441,26 @@ def test_fuzz_ten_thousand_hostile_messages_with_valid_windows_in_between(
     assert mib[2] - mib[1] < 16, f"RSS grew {mib[2] - mib[1]} MiB over the second half"
     assert mib[2] - mib[0] < 128, f"RSS grew {mib[2] - mib[0]} MiB over the run"
     col.close()
+
+
+def test_two_instances_with_one_user_are_told_why_they_keep_losing_the_connection(
+    tmp_path: Path, fresh_secure_broker: SecureBroker, model: Path, daemons: list[Daemon]
+) -> None:
+    """The shipped broker makes the username the client id: two daemons with one user take
+    each other's place, and the daemon names that as the likely cause."""
+    sb = fresh_secure_broker
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    daemons.append(a := Daemon(secure_config(tmp_path / "a", sb, model, "ecg-monitor")).start())
+    a.wait_event("ready", 60)
+    daemons.append(b := Daemon(secure_config(tmp_path / "b", sb, model, "ecg-monitor")).start())
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        told = [
+            e for d in (a, b) for e in d.events() if e.get("event") == "mqtt_session_taken_over"
+        ]
+        if told:
+            break
+        time.sleep(0.2)
+    assert told, a.output()[-2000:]
+    assert "own user" in told[0]["hint"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -191,3 +193,62 @@ def test_a_bad_value_for_any_key_is_one_line_naming_it(
     message = str(err.value)
     assert "\n" not in message
     assert f"{section}.{key}" in message or key in message, message
+
+
+def _every_key() -> list[tuple[str, str, object]]:
+    defaults = Config()
+    return [
+        (section.name, f.name, getattr(getattr(defaults, section.name), f.name))
+        for section in dataclasses.fields(Config)
+        for f in dataclasses.fields(getattr(defaults, section.name))
+        if f.name != "password"
+    ]
+
+
+def _wrong_type(default: object) -> object:
+    if isinstance(default, bool):
+        return "yes"
+    if isinstance(default, int | float):
+        return "1"
+    return 5
+
+
+@pytest.mark.parametrize(("section", "key", "default"), _every_key())
+def test_a_value_of_the_wrong_type_for_any_key_is_one_line_naming_it(
+    section: str, key: str, default: object
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({section: {key: _wrong_type(default)}}, env={})
+    assert str(err.value).startswith(f"{section}.{key} must be "), err.value
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), [(s, k) for s, k, d in _every_key() if isinstance(d, float)]
+)
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_non_finite_numbers_are_refused_except_the_documented_nan(
+    section: str, key: str, value: float
+) -> None:
+    if (section, key) == ("model", "threshold") and math.isnan(value):
+        assert build_config({section: {key: value}}, env={}).model.threshold_override is None
+        return
+    with pytest.raises(ConfigError, match=rf"{section}\.{key} must be (a )?finite"):
+        build_config({section: {key: value}}, env={})
+
+
+def test_a_bad_config_stops_the_daemon_with_one_line_and_exit_3(tmp_path: Path) -> None:
+    config = tmp_path / "monitor.toml"
+    config.write_text('[batch]\nmax_wait_ms = "soon"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 3
+    assert done.stderr.strip().splitlines() == [
+        "ecg-monitor: bad config: batch.max_wait_ms must be a number, not 'soon'"
+    ]
