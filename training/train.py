@@ -467,10 +467,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calibration",
         choices=sorted(METHODS),
-        help="threshold method (default cross-conformal: conformal quantile of out-of-fold "
-        "scores of all normals; see training/calibrate.py)",
+        help="threshold method; cross-conformal = conformal quantile of out-of-fold scores of "
+        "all normals, see training/calibrate.py (default: cross-conformal)",
     )
-    parser.add_argument("--folds", type=int, help="cross-conformal folds (default 5)")
+    parser.add_argument("--folds", type=int, help="cross-conformal folds (default: 5)")
     parser.add_argument(
         "--grad-clip",
         type=float,
@@ -483,7 +483,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="where to train; auto = CUDA when torch sees a GPU",
     )
     parser.add_argument(
-        "--score", choices=SCORES, help="l1 (plain) or std (per-sample standardised residuals)"
+        "--score",
+        choices=SCORES,
+        help="l1 (plain) or std (per-sample standardised residuals) (default: l1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the split and the training")
     parser.add_argument(
