@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import importlib
 import signal
 import ssl
 import sys
@@ -33,7 +34,6 @@ from monitor.mqtt import Message, MqttBridge
 from monitor.pipeline import Input, Pipeline, Token
 from monitor.scorer import score_batch
 from monitor.storm import Storm, StormGuard, calibrated_fpr
-from monitor.streams import StreamInput
 from monitor.systemd import Notifier
 from monitor.windows import WindowInput
 
@@ -72,7 +72,9 @@ class Service:
         if cfg.inputs_windows:
             self.inputs.append(WindowInput(self.pipe, model.info.window_length))
         if cfg.streams.enabled:
-            self.inputs.append(StreamInput(self.pipe, model))
+            # imported only when used: the front end brings scipy (seconds of start-up)
+            streams = importlib.import_module("monitor.streams")
+            self.inputs.append(streams.StreamInput(self.pipe, model))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.should_exit = False
         self.force_exit = False

@@ -149,6 +149,17 @@ BAD_VALUES: dict[str, dict[str, list[object]]] = {
         "queue_windows": [1.0, 10, 10_000_001],
         "max_abs_sample": ["x", 0, -1.0, 1e39, math.inf],
     },
+    "streams": {
+        "enabled": ["yes", 1],
+        "windows": ["no"],
+        "share_group": [1, "a/b", "g#"],
+        "partition": [1, "x", "2/2", "-1/2", "1/0"],
+        "idle_forget_s": ["x", 0, -1.0],
+        "max_devices": [1.5, 0],
+        "max_chunk_s": [0, 601],
+        "min_fs": ["x", 0, -5.0],
+        "max_fs": ["x", 50.0],
+    },
     "metrics": {"host": [1], "port": ["9100", -1, 65536]},
     "service": {
         "instance_id": [1, "a/b", "i" * 129],
