@@ -20,12 +20,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from monitor.beats import ECG5000_CLASSES, SYNTHETIC_CLASSES
 from monitor.broker import (
@@ -507,6 +507,46 @@ class Demo:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+DemoT = TypeVar("DemoT", bound=Demo)
+
+
+def run_demo(
+    make: Callable[[argparse.Namespace, threading.Event], DemoT],
+    args: argparse.Namespace,
+    model: Path,
+) -> tuple[DemoT, int, float]:
+    """Start a demo's parts in order, watch it, and close it whatever happens.
+
+    Shared by the window and the stream demo. Returns the demo, the exit code (0; 1 on an
+    error, already printed; 130 when interrupted) and the seconds the fleet ran.
+    """
+    interrupted = threading.Event()
+    started = time.monotonic()
+    code = 0
+    with _signals_set(interrupted):
+        demo = make(args, interrupted)
+        try:
+            opts = demo.start_broker()
+            demo.check()
+            demo.start_daemon(opts, model)
+            demo.check()
+            demo.wait_online(opts)
+            demo.start_view(opts)
+            demo.check()
+            demo.start_fleet(opts)
+            started = time.monotonic()
+            demo.watch()
+        except InterruptedByUserError:
+            code = 130
+        except (MonitorError, BrokerError, OSError) as e:
+            print(f"ecg-monitor demo: {e}", file=sys.stderr)
+            code = 1
+        finally:
+            ran = time.monotonic() - started
+            demo.close()
+    return demo, code, ran
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_client_options(
         parser, default=None, broker_help="use this MQTT broker (default: start one here)"
@@ -591,30 +631,7 @@ def main(args: argparse.Namespace) -> int:
         hint = " (build it with `make models`)" if args.model.parent == MODELS_DIR else ""
         print(f"ecg-monitor demo: no model at {model}{hint}", file=sys.stderr)
         return 2
-    interrupted = threading.Event()
-    started = time.monotonic()
-    code = 0
-    with _signals_set(interrupted):
-        demo = Demo(args, interrupted)
-        try:
-            opts = demo.start_broker()
-            demo.check()
-            demo.start_daemon(opts, model)
-            demo.check()
-            demo.wait_online(opts)
-            demo.start_view(opts)
-            demo.check()
-            demo.start_fleet(opts)
-            started = time.monotonic()
-            demo.watch()
-        except InterruptedByUserError:
-            code = 130
-        except (MonitorError, BrokerError, OSError) as e:
-            print(f"ecg-monitor demo: {e}", file=sys.stderr)
-            code = 1
-        finally:
-            ran = time.monotonic() - started
-            demo.close()
+    demo, code, ran = run_demo(Demo, args, model)
     if demo.fleet is None:
         return code
     broker = (

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.broker import BrokerError, ClientOptions, connect
-from monitor.demo import DEFAULT_MODEL, Demo, InterruptedByUserError, _quantile, _signals_set
-from monitor.errors import MonitorError
+from monitor.broker import ClientOptions, connect
+from monitor.demo import DEFAULT_MODEL, Demo, _quantile, run_demo
 from monitor.frontend.match import match_beats
 from monitor.stream_sim import StreamFleet, TruthWriter, load_source
 
@@ -274,30 +273,7 @@ def main(args: argparse.Namespace) -> int:
     if not model.is_file():
         print(f"ecg-monitor demo: no stream model at {model}", file=sys.stderr)
         return 2
-    interrupted = threading.Event()
-    started = time.monotonic()
-    code = 0
-    with _signals_set(interrupted):
-        demo = StreamDemo(args, interrupted)
-        try:
-            opts = demo.start_broker()
-            demo.check()
-            demo.start_daemon(opts, model)
-            demo.check()
-            demo.wait_online(opts)
-            demo.start_view(opts)
-            demo.check()
-            demo.start_fleet(opts)
-            started = time.monotonic()
-            demo.watch()
-        except InterruptedByUserError:
-            code = 130
-        except (MonitorError, BrokerError, OSError) as e:
-            print(f"ecg-monitor demo: {e}", file=sys.stderr)
-            code = 1
-        finally:
-            ran = time.monotonic() - started
-            demo.close()
+    demo, code, ran = run_demo(StreamDemo, args, model)
     if demo.stream_fleet is None:
         return code
     broker = f"{demo.broker.kind} (embedded)" if demo.broker else str(args.broker)
