@@ -40,18 +40,8 @@ if str(ROOT) not in sys.path:
 
 from bench.sections import update_section  # noqa: E402
 from tests.brokers import Mosquitto  # noqa: E402
+from tests.view.browser import CHROMIUM, launch_chromium  # noqa: E402
 from tests.view.fleet import StreamFleet  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-LAUNCH_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @dataclass
@@ -133,7 +123,7 @@ def run(args: argparse.Namespace) -> Result:
     rng = random.Random(0)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+            browser = launch_chromium(pw)
             page = browser.new_page(viewport={"width": 1600, "height": 900})
             page.goto(url)
             page.wait_for_function(

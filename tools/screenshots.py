@@ -26,18 +26,8 @@ if str(ROOT) not in sys.path:
 
 from tests.brokers import Mosquitto  # noqa: E402
 from tests.monitor.daemon import Collector, Daemon, wait_online, write_config  # noqa: E402
+from tests.view.browser import launch_chromium  # noqa: E402
 from tests.view.fleet import StreamFleet, stream_model  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-LAUNCH_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def main() -> int:
@@ -81,7 +71,7 @@ def main() -> int:
 
         collector.wait_for(lambda: all(quality(d) == "good" for d in fleet.ids), 60, "good")
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+            browser = launch_chromium(pw)
             page = browser.new_page(viewport={"width": 1600, "height": 900})
             page.goto(url)
             fleet.start_lead_off("bed-006", 600.0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -25,18 +24,9 @@ import pytest
 
 from tests.brokers import Mosquitto
 from tests.monitor.daemon import ROOT, Collector, Daemon, wait_online, write_config
+from tests.view.browser import CHROMIUM, launch_chromium
 from tests.view.fleet import StreamFleet, stream_model
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-LAUNCH_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 WAIT_MS = 20_000  # generous: a loaded CI machine; the latency goal lives in bench/view.py
 
 pytestmark = pytest.mark.slow
@@ -183,7 +173,7 @@ def test_central_station_page_end_to_end(
 ) -> None:
     fleet, view, collector, instance = fleet_view
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        browser = launch_chromium(pw)
         page = browser.new_page(viewport={"width": 1500, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -277,7 +267,7 @@ def test_only_the_strips_on_screen_get_signal(
     fleet = StreamFleet(mosquitto.port, devices=60, chunk_s=0.5, device_prefix="many-").start()
     try:
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+            browser = launch_chromium(pw)
             page = browser.new_page(viewport={"width": 900, "height": 500})
             page.goto(view.url)
             page.wait_for_function(
