@@ -428,16 +428,22 @@ class Demo:
             seed=a.seed,
             on_sent=on_sent,
         )
-        self.fleet_client = connect(opts, f"ecg-demo-fleet-{os.getpid()}")
-        fleet, client = self.fleet, self.fleet_client
-        self.fleet_thread = threading.Thread(
-            target=lambda: fleet.run(client, duration=a.duration), name="fleet", daemon=True
+        fleet = self.fleet
+        self.run_fleet(
+            opts, f"ecg-demo-fleet-{os.getpid()}", lambda c: fleet.run(c, duration=a.duration)
         )
-        self.fleet_thread.start()
         self.say(
             f"fleet       {a.devices} devices x {a.rate:g} windows/s, "
             f"{a.anomaly_fraction:.0%} anomalous, for {a.duration:g} s (Ctrl-C stops)"
         )
+
+    def run_fleet(self, opts: ClientOptions, client_id: str, run: Callable[[Any], object]) -> None:
+        """Connect the fleet's own client and call `run(client)` in the "fleet" thread (what
+        `watch` waits on and `close` joins); each demo's `start_fleet` builds its fleet first."""
+        self.fleet_client = connect(opts, client_id)
+        client = self.fleet_client
+        self.fleet_thread = threading.Thread(target=lambda: run(client), name="fleet", daemon=True)
+        self.fleet_thread.start()
 
     # ------------------------------------------------------------------ running
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.broker import ClientOptions, connect
+from monitor.broker import ClientOptions
 from monitor.demo import DEFAULT_MODEL, Demo, _quantile, run_demo
 from monitor.frontend.match import match_beats
 from monitor.stream_sim import StreamFleet, TruthWriter, load_source
@@ -218,12 +218,12 @@ class StreamDemo(Demo):
             wall_clock=True,
             on_truth=on_truth,
         )
-        self.fleet_client = connect(opts, f"ecg-demo-streams-{time.time_ns() % 10**9}")
-        fleet, client = self.stream_fleet, self.fleet_client
-        self.fleet_thread = threading.Thread(
-            target=lambda: fleet.run(client, duration=a.duration), name="fleet", daemon=True
+        fleet = self.stream_fleet
+        self.run_fleet(
+            opts,
+            f"ecg-demo-streams-{time.time_ns() % 10**9}",
+            lambda c: fleet.run(c, duration=a.duration),
         )
-        self.fleet_thread.start()
         self.say(
             f"fleet       {a.devices} devices streaming 360 Hz ECG in 1 s chunks at "
             f"{a.speed:g}x real time, for {a.duration:g} s (Ctrl-C stops)"
