@@ -51,6 +51,13 @@ def default_model(source: str) -> Path:
     return ECG5000_MODEL if source.startswith("ucr") else DEFAULT_MODEL
 
 
+def broker_description(demo: Demo, args: argparse.Namespace) -> str:
+    """What the summary says of the broker: the program the demo started, or the one given."""
+    if demo.broker:
+        return f"{demo.broker.program}, started by the demo on port {demo.broker.port}"
+    return f"{args.broker} (given with --broker)"
+
+
 DAEMON_START_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 15.0
 AMQTT_NOTE = (
@@ -582,7 +589,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help=f"ONNX model the daemon loads (default {DEFAULT_MODEL.name} for synthetic beats, "
-        f"{ECG5000_MODEL.name} for --source ucr:PATH)",
+        f"{ECG5000_MODEL.name} for --source ucr:PATH; with --mode stream "
+        "stream-synthetic-dense.onnx, or mitdb-ds1-dense.onnx for --source mitdb:DIR)",
     )
     parser.add_argument(
         "--source",
@@ -640,11 +648,7 @@ def main(args: argparse.Namespace) -> int:
     demo, code, ran = run_demo(Demo, args, model)
     if demo.fleet is None:
         return code
-    broker = (
-        f"{demo.broker.program}, started by the demo on port {demo.broker.port}"
-        if demo.broker
-        else f"{args.broker} (given with --broker)"
-    )
+    broker = broker_description(demo, args)
     summary = Summary.of(
         demo.tally,
         broker=broker,

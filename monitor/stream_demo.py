@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from monitor.broker import ClientOptions
-from monitor.demo import DEFAULT_MODEL, Demo, _quantile, run_demo
+from monitor.demo import DEFAULT_MODEL, Demo, _quantile, broker_description, run_demo
 from monitor.frontend.match import match_beats
 from monitor.stream_sim import StreamFleet, TruthWriter, load_source
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_STREAM_MODEL = MODELS_DIR / "stream-synthetic-dense.onnx"
+DEFAULT_STREAM_MODEL = MODELS_DIR / "stream-synthetic-dense.onnx"  # for the synthetic fleet
+MITDB_STREAM_MODEL = MODELS_DIR / "mitdb-ds1-dense.onnx"  # for mitdb: replay of real records
 TOLERANCE_S = 0.150  # beat matching tolerance, as the field reports it
 STREAM_SECTION = """
 [streams]
@@ -269,14 +270,19 @@ class StreamDemo(Demo):
 
 
 def main(args: argparse.Namespace) -> int:
-    model = (DEFAULT_STREAM_MODEL if args.model == DEFAULT_MODEL else args.model).resolve()
+    if args.model != DEFAULT_MODEL:
+        model = args.model.resolve()
+    elif str(args.source).startswith("mitdb:"):
+        model = MITDB_STREAM_MODEL.resolve()  # real records: the model trained on MIT-BIH DS1
+    else:
+        model = DEFAULT_STREAM_MODEL.resolve()
     if not model.is_file():
         print(f"ecg-monitor demo: no stream model at {model}", file=sys.stderr)
         return 2
     demo, code, ran = run_demo(StreamDemo, args, model)
     if demo.stream_fleet is None:
         return code
-    broker = f"{demo.broker.kind} (embedded)" if demo.broker else str(args.broker)
+    broker = broker_description(demo, args)
     summary = StreamSummary.of(
         demo.beats,
         broker=broker,
