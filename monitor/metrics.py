@@ -1,210 +1,237 @@
-"""Prometheus metrics in the text exposition format, served by a tiny asyncio HTTP server.
+"""Prometheus metrics through prometheus-client, served from its own HTTP thread.
 
-No prometheus_client dependency: counters, gauges and histograms of floats, rendered on demand.
+`Metrics` owns a `CollectorRegistry` with the standard process (CPU, RSS, open files), platform
+and GC collectors plus the daemon's own series. The exposition (text 0.0.4 or OpenMetrics, by
+the scraper's Accept header, gzip when asked) is prometheus-client's; the HTTP server runs in a
+daemon thread, so a scrape never waits for the event loop and the loop never waits for it.
+
+The daemon's code talks to thin wrappers that keep one call style (`inc(n, code=...)`,
+`set(v)`, `observe(v)`): labels as keyword arguments, children cached. Histograms are a
+collector of our own over numpy bucket counts, because the alert path observes one latency
+per alert and `observe_many` takes a whole batch of them in one call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import contextlib
-import math
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+from wsgiref.simple_server import WSGIServer
 
+import numpy as np
+import prometheus_client
 import structlog
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 log = structlog.get_logger("monitor.metrics")
 
 PREFIX = "ecg_monitor_"
-LabelKey = tuple[tuple[str, str], ...]
-
-
-def _labels(key: LabelKey, extra: tuple[tuple[str, str], ...] = ()) -> str:
-    pairs = key + extra
-    if not pairs:
-        return ""
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
-    return "{" + inner + "}"
-
-
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _num(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v)) if not float(v).is_integer() else str(int(v))
+del GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR  # the global registry is not ours
 
 
 class Counter:
-    def __init__(self, name: str, help_text: str) -> None:
-        self.name, self.help = PREFIX + name, help_text
-        self._values: dict[LabelKey, float] = {}
+    """A prometheus-client Counter with labels passed as keyword arguments."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str] = (),
+    ) -> None:
+        self.name = PREFIX + name
+        self._metric = prometheus_client.Counter(
+            self.name, help_text, labelnames=tuple(labelnames), registry=registry
+        )
+        self._children: dict[tuple[str, ...], Any] = {}
+        self._labelnames = tuple(labelnames)
+
+    def _child(self, labels: dict[str, str]) -> Any:
+        key = tuple(labels[n] for n in self._labelnames)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._metric.labels(*key)
+        return child
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        self._values[key] = self._values.get(key, 0.0) + amount
+        (self._child(labels) if labels else self._metric).inc(amount)
 
     def value(self, **labels: str) -> float:
-        return self._values.get(tuple(sorted(labels.items())), 0.0)
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        for key, v in sorted(self._values.items()):
-            yield f"{self.name}{_labels(key)} {_num(v)}"
+        """Current value of one series (0 if it was never incremented)."""
+        for family in self._metric.collect():
+            for s in family.samples:
+                if s.name.endswith("_total") and s.labels == labels:
+                    return float(s.value)
+        return 0.0
 
 
 class Gauge:
-    def __init__(self, name: str, help_text: str, fn: Callable[[], float] | None = None) -> None:
-        self.name, self.help = PREFIX + name, help_text
-        self._fn = fn
-        self._values: dict[LabelKey, float] = {}
+    """A prometheus-client Gauge; `fn` makes it read a value at scrape time instead."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str] = (),
+        fn: Callable[[], float] | None = None,
+    ) -> None:
+        self.name = PREFIX + name
+        self._metric = prometheus_client.Gauge(
+            self.name, help_text, labelnames=tuple(labelnames), registry=registry
+        )
+        if fn is not None:
+            self._metric.set_function(fn)
 
     def set(self, value: float, **labels: str) -> None:
-        self._values[tuple(sorted(labels.items()))] = value
+        (self._metric.labels(**labels) if labels else self._metric).set(value)
 
     def clear(self) -> None:
-        self._values.clear()
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} gauge"
-        if self._fn is not None:
-            yield f"{self.name} {_num(self._fn())}"
-        for key, v in sorted(self._values.items()):
-            yield f"{self.name}{_labels(key)} {_num(v)}"
+        self._metric.clear()
 
 
-class Histogram:
-    def __init__(self, name: str, help_text: str, buckets: Iterable[float]) -> None:
+class Histogram(Collector):
+    """Cumulative histogram over numpy bucket counts; exposed as a prometheus HistogramMetricFamily.
+
+    Updated from the event loop, read by the scrape thread: a lock keeps buckets, sum and
+    count consistent with each other.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, name: str, help_text: str, buckets: Iterable[float]
+    ) -> None:
         self.name, self.help = PREFIX + name, help_text
-        self.bounds = sorted(buckets)
-        self.counts = [0] * (len(self.bounds) + 1)  # last: +Inf only
-        self.sum = 0.0
-        self.count = 0
+        self.bounds = np.array(sorted(float(b) for b in buckets), np.float64)
+        self._counts = np.zeros(len(self.bounds) + 1, np.int64)  # last: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
 
-    def observe(self, value: float, n: int = 1) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += n
-        self.sum += value * n
-        self.count += n
+    def observe(self, value: float) -> None:
+        i = int(np.searchsorted(self.bounds, value, side="left"))
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += value
 
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        cum = 0
-        for bound, c in zip(self.bounds, self.counts, strict=False):
-            cum += c
-            yield f'{self.name}_bucket{{le="{_num(bound)}"}} {cum}'
-        yield f'{self.name}_bucket{{le="+Inf"}} {self.count}'
-        yield f"{self.name}_sum {_num(self.sum)}"
-        yield f"{self.name}_count {self.count}"
+    def observe_many(self, values: np.ndarray) -> None:
+        """Observe every element of `values` (one bincount instead of a call per value)."""
+        if values.size == 0:
+            return
+        idx = np.searchsorted(self.bounds, values, side="left")
+        add = np.bincount(idx, minlength=len(self._counts))
+        total = float(values.sum())
+        with self._lock:
+            self._counts += add
+            self._sum += total
+
+    @property
+    def count(self) -> int:
+        return int(self._counts.sum())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            cum = np.cumsum(self._counts).tolist()
+            total = self._sum
+        buckets = [(repr(b), float(c)) for b, c in zip(self.bounds.tolist(), cum, strict=False)]
+        buckets.append(("+Inf", float(cum[-1])))
+        family = HistogramMetricFamily(self.name, self.help)
+        family.add_metric([], buckets, total)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.help)
 
 
 _SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class Metrics:
-    """Everything the daemon counts. Updated on the event loop only."""
+    """Everything the daemon counts, in its own registry. Updated on the event loop."""
 
     def __init__(self, queue_depth: Callable[[], float] | None = None) -> None:
-        self.windows_received = Counter("windows_received_total", "Windows decoded from messages.")
-        self.windows_scored = Counter("windows_scored_total", "Windows run through the model.")
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.windows_received = Counter(
+            r, "windows_received_total", "Windows decoded from messages."
+        )
+        self.windows_scored = Counter(r, "windows_scored_total", "Windows run through the model.")
         self.rejected = Counter(
-            "messages_rejected_total", "Messages rejected, by reject code (DESIGN.md)."
+            r, "messages_rejected_total", "Messages rejected, by reject code (DESIGN.md).", ["code"]
         )
         self.dropped = Counter(
-            "windows_dropped_total", "QoS 0 windows dropped because the queue was full."
+            r, "windows_dropped_total", "QoS 0 windows dropped because the queue was full."
         )
-        self.alerts = Counter("alerts_total", "Alerts published.")
-        self.reloads = Counter("model_reloads_total", "Model reloads, by result (ok|failed).")
+        self.alerts = Counter(r, "alerts_total", "Alerts published.")
+        self.reloads = Counter(
+            r, "model_reloads_total", "Model reloads, by result (ok|failed).", ["result"]
+        )
         self.batch_size = Histogram(
-            "batch_size", "Windows per inference call.", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+            r, "batch_size", "Windows per inference call.", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
         )
         self.inference_seconds = Histogram(
-            "inference_seconds", "Seconds per inference call (one batch).", _SECONDS
+            r, "inference_seconds", "Seconds per inference call (one batch).", _SECONDS
         )
         self.latency_seconds = Histogram(
+            r,
             "alert_latency_seconds",
             "Seconds from a window's receipt to its alert's publish.",
             _SECONDS,
         )
-        self.queue_depth = Gauge("queue_windows", "Windows waiting for inference.", queue_depth)
-        self.model_info = Gauge("model_info", "The model in use (value 1).")
-        self.up = Gauge("connected", "1 while connected to the broker.")
+        self.queue_depth = Gauge(
+            r, "queue_windows", "Windows waiting for inference.", fn=queue_depth or (lambda: 0.0)
+        )
+        self.model_info = Gauge(
+            r,
+            "model_info",
+            "The model in use (value 1).",
+            ["model", "model_version", "provider"],
+        )
+        self.up = Gauge(r, "connected", "1 while connected to the broker.")
 
     def set_model(self, name: str, version: str, provider: str) -> None:
         self.model_info.clear()
         self.model_info.set(1, model=name, model_version=version, provider=provider)
 
-    def render(self) -> str:
-        parts = (
-            self.windows_received,
-            self.windows_scored,
-            self.rejected,
-            self.dropped,
-            self.alerts,
-            self.reloads,
-            self.batch_size,
-            self.inference_seconds,
-            self.latency_seconds,
-            self.queue_depth,
-            self.model_info,
-            self.up,
-        )
-        return "\n".join(line for m in parts for line in m.render()) + "\n"
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type) a scraper sending this Accept header gets (text 0.0.4 default)."""
+        encoder, content_type = prometheus_client.exposition.choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    def render(self, accept: str = "") -> str:
+        return self.exposition(accept)[0].decode()
 
 
 class MetricsServer:
-    """GET /metrics over HTTP/1.0-style single responses; anything else is 404."""
+    """prometheus-client's HTTP server for one registry, in a daemon thread."""
 
     def __init__(self, metrics: Metrics, host: str, port: int) -> None:
         self.metrics, self.host, self.port = metrics, host, port
-        self._server: asyncio.Server | None = None
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        sock = self._server.sockets[0]
-        self.port = int(sock.getsockname()[1])
+        """Bind and serve (OSError if the address is taken)."""
+        self._server, self._thread = prometheus_client.start_http_server(
+            self.port, addr=self.host, registry=self.metrics.registry
+        )
+        self.port = int(self._server.server_port)
         log.info("metrics_listening", host=self.host, port=self.port)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5.0)
-            while (await asyncio.wait_for(reader.readline(), 5.0)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = request.decode("latin-1").split()
-            if (
-                len(parts) >= 2
-                and parts[0] in ("GET", "HEAD")
-                and parts[1].split("?")[0]
-                in (
-                    "/metrics",
-                    "/",
-                )
-            ):
-                body = self.metrics.render().encode()
-                head = (
-                    "HTTP/1.1 200 OK\r\n"
-                    "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                )
-                writer.write(head.encode() + (body if parts[0] == "GET" else b""))
-            else:
-                writer.write(
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                )
-            await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeDecodeError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        server, self._server = self._server, None
+        if server is not None:
+            await asyncio.to_thread(server.shutdown)  # returns within serve_forever's poll
+            server.server_close()
