@@ -12,7 +12,7 @@ import contextlib
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,101 @@ log = structlog.get_logger("monitor.mqtt")
 
 class MqttError(MonitorError):
     """The broker refused us, or a publish could not be queued."""
+
+
+OnDone = Callable[[], None] | None
+_PUBLISH_QOS1 = 0x32  # PUBLISH, QoS 1, no DUP; | 1 for retain
+_SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
+# What the fast paths below use of paho's internals (paho-mqtt 2.1-2.2); without any of it the
+# bridge falls back to paho's public publish and its own PUBACK decoding.
+_FAST = all(
+    hasattr(paho.Client, name)
+    for name in ("_handle_pubackcomp", "_packet_queue", "_mid_generate", "_sock_recv")
+) and set(getattr(paho.MQTTMessage, "__slots__", ())) >= {
+    "_topic",
+    "dup",
+    "info",
+    "mid",
+    "payload",
+    "properties",
+    "qos",
+    "retain",
+    "state",
+    "timestamp",
+}
+
+
+class _Client(paho.Client):
+    """paho's client with the bridge's two hot paths done without per-packet objects.
+
+    * PUBACK: paho decodes each into a `ReasonCode` and a `Properties` object and walks three
+      callback layers (~40 % of the daemon's CPU in an alert storm); here the mid and reason
+      byte are read straight from the packet and handed to `puback_hook`.
+    * QoS 1 PUBLISH: `publish_many` frames many messages into one buffer (one socket write)
+      and registers each in paho's `_out_messages` exactly as `publish` would, so paho still
+      resends them after a reconnect and the PUBACK still finds them.
+    """
+
+    puback_hook: Callable[[int, int], None] | None = None
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        hook = self.puback_hook
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or hook is None or len(packet) < 2:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        reason = packet[2] if len(packet) > 2 else 0
+        with self._out_message_mutex:
+            msg = self._out_messages.pop(mid, None)
+            if msg is None:
+                return _SUCCESS
+            self._inflight_messages -= 1
+        msg.info._set_as_published()
+        hook(mid, reason)
+        return _SUCCESS
+
+    def publish_many(self, items: Sequence[tuple[bytes, bytes, bool]]) -> list[int] | None:
+        """QoS 1 publish of (topic, payload, retain) items as one write; their mids, or None
+        when there is no socket (the caller then uses `publish`, which queues for reconnect)."""
+        if self._sock is None:
+            return None
+        v5 = self._protocol == paho.MQTTv5
+        buf = bytearray()
+        mids: list[int] = []
+        now = time.time()
+        out = self._out_messages
+        info = _SHARED_INFO
+        new = paho.MQTTMessage.__new__
+        with self._out_message_mutex:
+            for topic, payload, retain in items:
+                mid = self._mid_generate()
+                while mid in out:  # a stale mid from before a reconnect still unacknowledged
+                    mid = self._mid_generate()
+                m = new(paho.MQTTMessage)
+                m.timestamp, m.state, m.dup, m.mid, m._topic = now, _WAIT_PUBACK, False, mid, topic
+                m.payload, m.qos, m.retain, m.info, m.properties = payload, 1, retain, info, None
+                out[mid] = m
+                n = 2 + len(topic) + 2 + v5 + len(payload)
+                buf.append(_PUBLISH_QOS1 | retain)
+                while True:  # remaining length, MQTT variable byte integer
+                    byte, n = n & 0x7F, n >> 7
+                    buf.append(byte | 0x80 if n else byte)
+                    if not n:
+                        break
+                buf += len(topic).to_bytes(2, "big")
+                buf += topic
+                buf += mid.to_bytes(2, "big")
+                if v5:
+                    buf.append(0)  # no properties
+                buf += payload
+                mids.append(mid)
+            self._inflight_messages += len(mids)
+        self._packet_queue(paho.PUBLISH, buf, mids[0] if mids else 0, 1, None)
+        return mids
+
+
+_SHARED_INFO = paho.MQTTMessageInfo(0)  # fast-path messages: nobody waits on their info
+_WAIT_PUBACK = paho.mqtt_ms_wait_for_puback
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +165,8 @@ class MqttBridge:
         self._closing = False
         self._paused = False
         self._sock: Any = None
-        self._pending: dict[int, Callable[[], None] | None] = {}
-        self._backlog: deque[tuple[str, bytes, int, bool, Callable[[], None] | None]] = deque()
+        self._pending: dict[int, OnDone] = {}
+        self._backlog: deque[tuple[bytes, bytes, bool, OnDone]] = deque()  # QoS 1, in order
         self._out_limit = cfg.max_inflight_out  # min(ours, the broker's Receive Maximum)
         self._online = asyncio.Event()
         self._disconnected = asyncio.Event()
@@ -82,7 +177,7 @@ class MqttBridge:
         self._session_present = False
 
         v5 = cfg.protocol == 5
-        self.client = paho.Client(
+        self.client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             clean_session=None if v5 else False,
@@ -111,6 +206,8 @@ class MqttBridge:
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         c.on_publish = self._on_publish
+        if _FAST:
+            c.puback_hook = self._on_puback
         c.on_socket_open = self._on_socket_open
         c.on_socket_close = self._on_socket_close
         c.on_socket_register_write = self._on_register_write
@@ -212,27 +309,55 @@ class MqttBridge:
         At most `max_inflight_out` (or the broker's Receive Maximum) QoS 1 publishes are
         unacknowledged at once; the rest wait here in order. While disconnected paho keeps
         QoS 1 messages and sends them after reconnecting."""
-        if qos and (self._backlog or len(self._pending) >= self._out_limit):
-            self._backlog.append((topic, payload, qos, retain, on_done))
+        if qos == 0:
+            self._send_paho(topic.encode(), payload, 0, retain, on_done)
             return
-        self._send(topic, payload, qos, retain, on_done)
+        self.publish_many([(topic.encode(), payload, on_done)], retain)
 
-    def _send(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool,
-        on_done: Callable[[], None] | None,
+    def publish_many(
+        self, items: Sequence[tuple[bytes, bytes, OnDone]], retain: bool = False
     ) -> None:
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        """QoS 1 publishes of (topic bytes, payload, on_done), in order, framed into one socket
+        write as far as the in-flight limit allows (the rest wait in the backlog)."""
+        if self._backlog:
+            self._backlog.extend((t, p, retain, d) for t, p, d in items)
+            return
+        room = self._out_limit - len(self._pending)
+        if room < len(items):
+            self._backlog.extend((t, p, retain, d) for t, p, d in items[max(room, 0) :])
+            items = items[: max(room, 0)]
+        if items:
+            self._send_many([(t, p, retain, d) for t, p, d in items])
+
+    def _send_many(self, items: Sequence[tuple[bytes, bytes, bool, OnDone]]) -> None:
+        mids = self.client.publish_many([(t, p, r) for t, p, r, _ in items]) if _FAST else None
+        if mids is None:
+            for topic, payload, retain, on_done in items:
+                self._send_paho(topic, payload, 1, retain, on_done)
+            return
+        pending = self._pending
+        for mid, item in zip(mids, items, strict=True):
+            pending[mid] = item[3]
+
+    def _send_paho(
+        self, topic: bytes, payload: bytes, qos: int, retain: bool, on_done: OnDone
+    ) -> None:
+        info = self.client.publish(topic.decode(), payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+            raise MqttError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
         if qos == 0:
             if on_done is not None:
                 on_done()
             return
         self._pending[info.mid] = on_done
+
+    def _refill(self) -> None:
+        """Move backlog into the in-flight window freed by PUBACKs (one write for all)."""
+        room = self._out_limit - len(self._pending)
+        if room <= 0 or not self._backlog:
+            return
+        take = [self._backlog.popleft() for _ in range(min(room, len(self._backlog)))]
+        self._send_many(take)
 
     @property
     def unacked_publishes(self) -> int:
@@ -265,6 +390,7 @@ class MqttBridge:
 
     def _read(self) -> None:
         self.client.loop_read()
+        self._refill()
         sock = self._sock
         if (
             sock is not None
@@ -356,13 +482,17 @@ class MqttBridge:
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any
     ) -> None:
+        """paho's PUBACK path (only when the fast one is unavailable, and for QoS 0)."""
+        failed = reason is not None and getattr(reason, "is_failure", False)
+        self._on_puback(mid, 0x80 if failed else 0)
+        self._refill()
+
+    def _on_puback(self, mid: int, reason: int) -> None:
         try:
             on_done = self._pending.pop(mid)
         except KeyError:
             return
-        if reason is not None and getattr(reason, "is_failure", False):
-            log.error("mqtt_publish_refused", mid=mid, reason=str(reason))
-        while self._backlog and len(self._pending) < self._out_limit:
-            self._send(*self._backlog.popleft())
+        if reason >= 0x80:
+            log.error("mqtt_publish_refused", mid=mid, reason=reason)
         if on_done is not None:
             on_done()

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import contextlib
 import functools
 import signal
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from monitor.alerts import Alert, AlertPolicy, Reject, ScoreReport, Status
+from monitor.alerts import AlertEncoder, AlertPolicy, Reject, ScoreReport, Status
 from monitor.batcher import Batch, Batcher
 from monitor.config import Config, load_config
 from monitor.engine import Inference, Model, load_model
@@ -34,7 +34,7 @@ from monitor.ingest import Ingest
 from monitor.log import setup_logging
 from monitor.metrics import Metrics, MetricsServer
 from monitor.mqtt import Message, MqttBridge
-from monitor.scorer import score_batch
+from monitor.scorer import Scores, score_batch
 from monitor.systemd import Notifier
 from monitor.wire import Frame
 
@@ -54,6 +54,7 @@ class Delivery:
     windows_left: int
     publishes_left: int
     scores: np.ndarray | None = None
+    on_published: Callable[[], None] | None = None  # one callback for all its alerts
 
 
 class Service:
@@ -90,6 +91,8 @@ class Service:
         ]
         self.bridge: MqttBridge | None = None
         self._prefix = cfg.mqtt.topic_prefix
+        self._encoder: AlertEncoder | None = None
+        self._alert_topics: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -318,38 +321,7 @@ class Service:
                 alert_mask[rows] = self.policy.admit(seg.frame.device_id, alert_mask[rows], now)
         hits = np.flatnonzero(alert_mask)
         if hits.size:
-            offsets = [seg.offset for seg in segments]
-            info = model.info
-            score_list = scores.score[hits].tolist()
-            peak_list = scores.peak_index[hits].tolist()
-            for i, score, peak in zip(hits.tolist(), score_list, peak_list, strict=True):
-                seg = segments[bisect.bisect_right(offsets, i) - 1]
-                d = seg.token
-                frame = seg.frame
-                row = seg.start + i - seg.offset
-                published_at = time.time()
-                alert = Alert(
-                    device_id=frame.device_id,
-                    seq=frame.seq + row,
-                    ts=frame.window_ts(row),
-                    score=score,
-                    threshold=threshold,
-                    model=info.name,
-                    model_version=info.version,
-                    peak_index=peak,
-                    received_at=d.message.received_at,
-                    published_at=published_at,
-                )
-                d.publishes_left += 1
-                self.bridge.publish(
-                    f"{self._prefix}/{frame.device_id}/alert",
-                    alert.to_json(),
-                    qos=1,
-                    on_done=functools.partial(self._published, d),
-                )
-                m.latency_seconds.observe(published_at - d.message.received_at)
-                log.debug("alert", device_id=frame.device_id, seq=frame.seq + row, score=score)
-            m.alerts.inc(hits.size)
+            self._publish_alerts(batch, hits, scores, model, threshold)
         log.debug(
             "batch_scored",
             batch_size=n,
@@ -366,6 +338,53 @@ class Service:
                 if d.scores is not None:
                     self._publish_scores(d, model, threshold)
                 self._check_done(d)
+
+    def _publish_alerts(
+        self, batch: Batch[Delivery], hits: np.ndarray, scores: Scores, model: Model, thr: float
+    ) -> None:
+        """One alert per hit row, encoded together and framed into one write (publish_many)."""
+        assert self.bridge is not None
+        segments = batch.segments
+        starts = np.fromiter((seg.offset for seg in segments), np.int64, len(segments))
+        which = (np.searchsorted(starts, hits, side="right") - 1).tolist()
+        devices, seqs, ts, received, items = [], [], [], [], []
+        for i, k in zip(hits.tolist(), which, strict=True):
+            seg = segments[k]
+            frame, d = seg.frame, seg.token
+            row = seg.start + i - seg.offset
+            devices.append(frame.device_id)
+            seqs.append(frame.seq + row)
+            ts.append(frame.window_ts(row))
+            received.append(d.message.received_at)
+            d.publishes_left += 1
+            if d.on_published is None:
+                d.on_published = functools.partial(self._published, d)
+        if (
+            self._encoder is None
+            or self._encoder.model_version != model.info.version
+            or (self._encoder.threshold != thr)
+        ):
+            self._encoder = AlertEncoder(thr, model.info.name, model.info.version)
+        published_at = time.time()
+        payloads = self._encoder.encode(
+            devices,
+            seqs=seqs,
+            ts=ts,
+            scores=scores.score[hits].tolist(),
+            peaks=scores.peak_index[hits].tolist(),
+            received_at=received,
+            published_at=published_at,
+        )
+        topics = self._alert_topics
+        for dev, payload, k in zip(devices, payloads, which, strict=True):
+            topic = topics.get(dev)
+            if topic is None:
+                topic = topics[dev] = f"{self._prefix}/{dev}/alert".encode()
+            items.append((topic, payload, segments[k].token.on_published))
+        self.bridge.publish_many(items)
+        self.metrics.latency_seconds.observe_many(published_at - np.array(received))
+        self.metrics.alerts.inc(hits.size)
+        log.debug("alerts", count=int(hits.size), first_device=devices[0], first_seq=seqs[0])
 
     def _publish_scores(self, d: Delivery, model: Model, threshold: float) -> None:
         assert self.bridge is not None and d.frame is not None and d.scores is not None
