@@ -19,6 +19,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -39,7 +40,14 @@ _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 # bridge falls back to paho's public publish and its own PUBACK decoding.
 _FAST = all(
     hasattr(paho.Client, name)
-    for name in ("_handle_pubackcomp", "_packet_queue", "_mid_generate", "_sock_recv")
+    for name in (
+        "_handle_pubackcomp",
+        "_packet_queue",
+        "_mid_generate",
+        "_sock_recv",
+        "_packet_read",
+        "_packet_handle",
+    )
 ) and set(getattr(paho.MQTTMessage, "__slots__", ())) >= {
     "_topic",
     "dup",
@@ -55,8 +63,14 @@ _FAST = all(
 
 
 class _Client(paho.Client):
-    """paho's client with the bridge's two hot paths done without per-packet objects.
+    """paho's client with the bridge's hot paths done without per-packet objects.
 
+    * Reading: paho reads each packet with three `recv` calls (command byte, length, body);
+      `_packet_read` here receives up to 256 KiB at a time and cuts packets from that buffer.
+      PUBLISH (QoS 0/1) and PUBACK are decoded right there; every other packet goes through
+      paho's own `_packet_handle` as before.
+    * Incoming PUBLISH: topic, mid and payload are sliced out and handed to `publish_hook`
+      (no `MQTTMessage`, no `Properties`); `ack_many` sends many PUBACKs in one write.
     * PUBACK: paho decodes each into a `ReasonCode` and a `Properties` object and walks three
       callback layers (~40 % of the daemon's CPU in an alert storm); here the mid and reason
       byte are read straight from the packet and handed to `puback_hook`.
@@ -66,6 +80,108 @@ class _Client(paho.Client):
     """
 
     puback_hook: Callable[[int, int], None] | None = None
+    publish_hook: Callable[[bytes, bytes, int, int], None] | None = None
+    _rbuf: bytearray | None = None
+    _rpos = 0
+    _rsock: Any = None
+
+    def buffered_packet(self) -> bool:
+        """True when a whole packet is already buffered (the socket may not turn readable)."""
+        buf = self._rbuf
+        return buf is not None and self._rsock is self._sock and _frame_end(buf, self._rpos) > 0
+
+    def _packet_read(self) -> MQTTErrorCode:
+        if self._sock is not self._rsock or self._rbuf is None:  # new connection: new stream
+            self._rsock, self._rbuf, self._rpos = self._sock, bytearray(), 0
+        buf = self._rbuf
+        while True:
+            end = _frame_end(buf, self._rpos)
+            if end > 0:
+                break
+            if end < 0:
+                return MQTTErrorCode.MQTT_ERR_PROTOCOL
+            try:
+                data = self._sock_recv(262144)
+            except BlockingIOError:
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError:
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            if not data:
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            if self._rpos:
+                del buf[: self._rpos]
+                self._rpos = 0
+            buf += data
+            self._last_bytes_received = paho.time_func()
+        pos = self._rpos
+        command = buf[pos]
+        i = pos + 1
+        while buf[i] & 0x80:
+            i += 1
+        body = buf[i + 1 : end]
+        self._rpos = end
+        if end == len(buf):
+            buf.clear()
+            self._rpos = 0
+        kind = command & 0xF0
+        if kind == 0x40 and self.puback_hook is not None and len(body) >= 2:
+            return self._fast_puback(body)
+        if kind == 0x30 and self.publish_hook is not None and not command & 0x04:
+            try:
+                parsed = _parse_publish(command, body, self._protocol == paho.MQTTv5)
+            except IndexError:
+                return MQTTErrorCode.MQTT_ERR_PROTOCOL
+            if parsed is not None:
+                self.publish_hook(*parsed)
+                return _SUCCESS
+        self._in_packet = {
+            "command": command,
+            "have_remaining": 1,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": len(body),
+            "packet": body,
+            "to_process": 0,
+            "pos": 0,
+        }
+        try:
+            rc: MQTTErrorCode = self._packet_handle()
+        except MalformedPacket:
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = {
+            "command": 0,
+            "have_remaining": 0,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": 0,
+            "packet": bytearray(b""),
+            "to_process": 0,
+            "pos": 0,
+        }
+        return rc
+
+    def _fast_puback(self, body: bytearray) -> MQTTErrorCode:
+        mid = (body[0] << 8) | body[1]
+        reason = body[2] if len(body) > 2 else 0
+        with self._out_message_mutex:
+            msg = self._out_messages.pop(mid, None)
+            if msg is None:
+                return _SUCCESS
+            self._inflight_messages -= 1
+        msg.info._set_as_published()
+        assert self.puback_hook is not None
+        self.puback_hook(mid, reason)
+        return _SUCCESS
+
+    def ack_many(self, mids: Sequence[int]) -> None:
+        """PUBACK (success) for each QoS 1 mid, as one write."""
+        if not mids or self._sock is None:
+            return
+        buf = bytearray()
+        for mid in mids:
+            buf += b"\x40\x02"
+            buf += mid.to_bytes(2, "big")
+        self._packet_queue(paho.PUBACK, buf, 0, 0, None)
 
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         hook = self.puback_hook
@@ -91,7 +207,7 @@ class _Client(paho.Client):
         v5 = self._protocol == paho.MQTTv5
         buf = bytearray()
         mids: list[int] = []
-        now = time.time()
+        now = paho.time_func()
         out = self._out_messages
         info = _SHARED_INFO
         new = paho.MQTTMessage.__new__
@@ -121,6 +237,52 @@ class _Client(paho.Client):
             self._inflight_messages += len(mids)
         self._packet_queue(paho.PUBLISH, buf, mids[0] if mids else 0, 1, None)
         return mids
+
+
+def _parse_publish(command: int, body: bytearray, v5: bool) -> tuple[bytes, bytes, int, int] | None:
+    """(topic, payload, qos, mid) of a QoS 0/1 PUBLISH body; None for a topic alias (paho
+    resolves those); IndexError when the body is too short for what it says."""
+    qos = (command >> 1) & 0x03
+    n = (body[0] << 8) | body[1]
+    if n == 0:
+        return None
+    topic = bytes(body[2 : 2 + n])
+    i = 2 + n
+    mid = 0
+    if qos:
+        mid = (body[i] << 8) | body[i + 1]
+        i += 2
+    if v5:  # skip the properties (variable byte length)
+        length, mult = 0, 1
+        while True:
+            b = body[i]
+            i += 1
+            length += (b & 0x7F) * mult
+            mult <<= 7
+            if not b & 0x80:
+                break
+        i += length
+        if i > len(body):
+            raise IndexError("properties run past the packet")
+    return topic, bytes(body[i:]), qos, mid
+
+
+def _frame_end(buf: bytearray, pos: int) -> int:
+    """End offset of the complete MQTT packet at buf[pos:], 0 if incomplete, -1 if malformed."""
+    end = len(buf)
+    i, length, mult = pos + 1, 0, 1
+    while True:
+        if i >= end:
+            return 0
+        b = buf[i]
+        i += 1
+        length += (b & 0x7F) * mult
+        if not b & 0x80:
+            break
+        mult <<= 7
+        if i - pos > 5:
+            return -1
+    return i + length if i + length <= end else 0
 
 
 _SHARED_INFO = paho.MQTTMessageInfo(0)  # fast-path messages: nobody waits on their info
@@ -208,6 +370,10 @@ class MqttBridge:
         c.on_publish = self._on_publish
         if _FAST:
             c.puback_hook = self._on_puback
+            c.publish_hook = self._on_publish_fast
+        self._acks: list[int] = []
+        self._acks_generation = 0
+        self._acks_scheduled = False
         c.on_socket_open = self._on_socket_open
         c.on_socket_close = self._on_socket_close
         c.on_socket_register_write = self._on_register_write
@@ -367,7 +533,22 @@ class MqttBridge:
         """Acknowledge an incoming QoS 1 message, unless it came on an earlier connection (the
         broker redelivers those; a duplicate is scored twice, never lost)."""
         if message.qos == 1 and message.generation == self.generation and self.connected:
-            self.client.ack(message.mid, 1)
+            if not _FAST:
+                self.client.ack(message.mid, 1)
+                return
+            if self._acks and self._acks_generation != self.generation:
+                self._acks.clear()
+            self._acks_generation = self.generation
+            self._acks.append(message.mid)
+            if not self._acks_scheduled:  # every ack of this loop iteration in one write
+                self._acks_scheduled = True
+                self._loop.call_soon(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._acks_scheduled = False
+        acks, self._acks = self._acks, []
+        if acks and self._acks_generation == self.generation and self.connected:
+            self.client.ack_many(acks)
 
     def pause_reading(self) -> None:
         """Backpressure: stop reading the socket (the broker's and TCP's buffers hold the rest)."""
@@ -395,8 +576,10 @@ class MqttBridge:
         if (
             sock is not None
             and not self._paused
-            and isinstance(sock, ssl.SSLSocket)
-            and sock.pending()
+            and (
+                (isinstance(sock, ssl.SSLSocket) and sock.pending())
+                or (_FAST and self.client.buffered_packet())
+            )
         ):
             self._loop.call_soon(self._read)
 
@@ -471,6 +654,19 @@ class MqttBridge:
         if not self._closing:
             log.warning("mqtt_disconnected", reason=str(reason), was_connected=was)
         self._disconnected.set()
+
+    def _on_publish_fast(self, topic: bytes, payload: bytes, qos: int, mid: int) -> None:
+        if self._on_message_cb is not None:
+            self._on_message_cb(
+                Message(
+                    topic.decode("utf-8", "replace"),
+                    payload,
+                    qos,
+                    mid,
+                    time.time(),
+                    self.generation,
+                )
+            )
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if self._on_message_cb is None:
