@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import signal
@@ -186,12 +187,14 @@ def bare_child(port: int, client_id: str, total: int) -> None:
 
     def on_connect(cl: paho.Client, *a: object) -> None:
         state["t0"] = time.time()
+        state["cpu0"] = time.process_time()
 
     def on_message(cl: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         cl.ack(msg.mid, msg.qos)
         state["n"] += 1
         if state["n"] == total:
             state["t1"] = time.time()
+            state["cpu1"] = time.process_time()
             cl.disconnect()
 
     c.on_connect = on_connect
@@ -201,18 +204,40 @@ def bare_child(port: int, client_id: str, total: int) -> None:
     print(json.dumps(state))
 
 
-def run_bare(port: int, messages: list[tuple[str, bytes]]) -> float:
+@dataclass(frozen=True)
+class Run:
+    """One drain: messages/s, and CPU µs per message of the consumer and of the broker."""
+
+    rate: float
+    cpu_us: float
+    broker_us: float
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process (and its reaped children), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def run_bare(port: int, messages: list[tuple[str, bytes]], broker_pid: int) -> Run:
     cid = f"bare-{uuid.uuid4().hex[:8]}"
     register_session(port, cid, "ecg/+/window")
     fill(port, [*messages, end_marker(messages)])
+    b0 = cpu_s(broker_pid)
     out = subprocess.run(
         [sys.executable, __file__, "--bare-child", str(port), cid, str(len(messages) + 1)],
         capture_output=True,
         check=True,
         timeout=600,
     )
+    b1 = cpu_s(broker_pid)
     state = json.loads(out.stdout)
-    return len(messages) / (state["t1"] - state["t0"])
+    n = len(messages)
+    return Run(
+        n / (state["t1"] - state["t0"]),
+        (state["cpu1"] - state["cpu0"]) / n * 1e6,
+        (b1 - b0) / n * 1e6,
+    )
 
 
 _END: dict[str, bytes] = {}
@@ -245,7 +270,8 @@ def run_daemon(
     instances: int = 1,
     extra_toml: str = "",
     profile: Path | None = None,
-) -> float:
+    broker_pid: int = 0,
+) -> Run:
     """Drain with `instances` daemons; msg/s over the whole drain."""
     group = f"drain{uuid.uuid4().hex[:4]}" if instances > 1 else ""
     topic = f"$share/{group}/ecg/+/window" if group else "ecg/+/window"
@@ -307,11 +333,14 @@ log_format = "json"
             )
         )
     deadline = time.monotonic() + 600
+    cpu0: list[float] = []
     try:
         while time.monotonic() < deadline:
             with lock:
                 if len(seen) == instances:
                     break
+            if not cpu0 and all(b'"mqtt_connected"' in Path(lg.name).read_bytes() for lg in logs):
+                cpu0 = [cpu_s(p.pid) for p in procs] + [cpu_s(broker_pid)]
             for p, log in zip(procs, logs, strict=True):
                 if p.poll() is not None:
                     log.seek(0)
@@ -320,6 +349,7 @@ log_format = "json"
         else:
             raise SystemExit("drain did not finish in 600 s")
         t1 = max(seen.values())
+        cpu1 = [cpu_s(p.pid) for p in procs] + [cpu_s(broker_pid)]
         connected = []
         for log in logs:
             log.seek(0)
@@ -355,7 +385,14 @@ log_format = "json"
             log.close()
         watcher.disconnect()
         watcher.loop_stop()
-    return len(messages) / (t1 - t0)
+    n = len(messages)
+    if not cpu0:  # drained before the first poll saw it connect
+        cpu0 = [math.nan] * len(cpu1)
+    return Run(
+        n / (t1 - t0),
+        sum(b - a for a, b in zip(cpu0[:-1], cpu1[:-1], strict=True)) / n * 1e6,
+        (cpu1[-1] - cpu0[-1]) / n * 1e6,
+    )
 
 
 # ------------------------------------------------------------------------------- main
@@ -388,13 +425,13 @@ def main() -> int:
             for load in loads:
                 n = max(100, int(load.messages * args.scale))
                 messages = payloads(load, n, normal, anomalous)
-                bare: list[float] = []
-                daemon: list[float] = []
+                bare: list[Run] = []
+                daemon: list[Run] = []
                 for r in range(args.repeats):
                     order = ("bare", "daemon") if r % 2 == 0 else ("daemon", "bare")
                     for who in order:
                         if who == "bare" and not args.no_bare:
-                            bare.append(run_bare(broker.port, messages))
+                            bare.append(run_bare(broker.port, messages, broker.proc.pid))
                         elif who == "daemon":
                             daemon.append(
                                 run_daemon(
@@ -404,11 +441,12 @@ def main() -> int:
                                     tmp,
                                     args.instances,
                                     profile=args.profile,
+                                    broker_pid=broker.proc.pid,
                                 )
                             )
                     print(
-                        f"{load.name} repeat {r}: bare {bare[-1] if bare else float('nan'):,.0f}"
-                        f" daemon {daemon[-1]:,.0f} msg/s",
+                        f"{load.name} repeat {r}: bare {bare[-1] if bare else '-'}"
+                        f" daemon {daemon[-1]}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -424,7 +462,7 @@ def main() -> int:
 
 
 def render(
-    rows: list[tuple[Load, int, list[float], list[float]]],
+    rows: list[tuple[Load, int, list[Run], list[Run]]],
     args: argparse.Namespace,
     before: tuple[float, float, float],
     after: tuple[float, float, float],
@@ -436,22 +474,34 @@ def render(
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; load average {before[0]:.1f} before, "
         f"{after[0]:.1f} after. {inst}, bundled dense model on CPU (1 ORT thread), "
         f"Receive Maximum {RECEIVE_MAXIMUM}, mosquitto 2.0 with unlimited queues; medians of "
-        f"{args.repeats} repeats (range in brackets).{' ' + args.note if args.note else ''}\n"
+        f"{args.repeats} repeats (range in brackets). CPU columns: µs of CPU per message "
+        "during the drain, of the consumer process(es) and of mosquitto, from /proc (they do "
+        f"not depend on what else runs).{' ' + args.note if args.note else ''}\n"
     )
     lines = [
         head,
-        "| load | N msgs | bare paho (manual ack, no work) msg/s | daemon msg/s | daemon windows/s | daemon / bare |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| load | N msgs | bare msg/s | daemon msg/s | daemon windows/s | daemon / bare "
+        "| CPU µs/msg bare / daemon | broker µs/msg bare / daemon |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    med = statistics.median
     for load, n, bare, daemon in rows:
-        b = statistics.median(bare) if bare else float("nan")
-        d = statistics.median(daemon)
-        rng_b = f" [{min(bare):,.0f}–{max(bare):,.0f}]" if len(bare) > 1 else ""
-        rng_d = f" [{min(daemon):,.0f}–{max(daemon):,.0f}]" if len(daemon) > 1 else ""
-        ratio = f"{d / b:.2f}" if bare else "–"
+        d = med(r.rate for r in daemon)
+        rng_d = f" [{min(r.rate for r in daemon):,.0f}–{max(r.rate for r in daemon):,.0f}]"
+        d_cpu = med(r.cpu_us for r in daemon)
+        d_brk = med(r.broker_us for r in daemon)
+        if bare:
+            b = med(r.rate for r in bare)
+            rng_b = f" [{min(r.rate for r in bare):,.0f}–{max(r.rate for r in bare):,.0f}]"
+            ratio = f"**{d / b:.2f}**"
+            cpu = f"{med(r.cpu_us for r in bare):.0f} / {d_cpu:.0f}"
+            brk = f"{med(r.broker_us for r in bare):.0f} / {d_brk:.0f}"
+            bare_s = f"{b:,.0f}{rng_b}"
+        else:
+            ratio, cpu, brk, bare_s = "–", f"– / {d_cpu:.0f}", f"– / {d_brk:.0f}", "–"
         lines.append(
-            f"| {load.title} | {n:,} | {b:,.0f}{rng_b} | {d:,.0f}{rng_d} | "
-            f"{d * load.frame:,.0f} | {ratio} |"
+            f"| {load.title} | {n:,} | {bare_s} | {d:,.0f}{rng_d} | {d * load.frame:,.0f} | "
+            f"{ratio} | {cpu} | {brk} |"
         )
     return "\n".join(lines) + "\n"
 

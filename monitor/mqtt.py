@@ -81,9 +81,14 @@ class _Client(paho.Client):
 
     puback_hook: Callable[[int, int], None] | None = None
     publish_hook: Callable[[bytes, bytes, int, int], None] | None = None
+    puback_many_hook: Callable[[list[int]], None] | None = None
     _rbuf: bytearray | None = None
     _rpos = 0
     _rsock: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._topic_heads: dict[bytes, bytes] = {}  # topic -> its length-prefixed form
 
     def buffered_packet(self) -> bool:
         """True when a whole packet is already buffered (the socket may not turn readable)."""
@@ -125,6 +130,12 @@ class _Client(paho.Client):
             self._rpos = 0
         kind = command & 0xF0
         if kind == 0x40 and self.puback_hook is not None and len(body) >= 2:
+            if (
+                self.puback_many_hook is not None
+                and len(body) <= 3
+                and (len(body) < 3 or body[2] < 0x80)
+            ):
+                return self._pubacks_run(body)
             return self._fast_puback(body)
         if kind == 0x30 and self.publish_hook is not None and not command & 0x04:
             try:
@@ -159,6 +170,39 @@ class _Client(paho.Client):
             "pos": 0,
         }
         return rc
+
+    def _pubacks_run(self, first: bytearray) -> MQTTErrorCode:
+        """A successful PUBACK and every successful PUBACK right behind it in the buffer, in
+        one pass (an alert storm reads hundreds of them at a time)."""
+        mids = [(first[0] << 8) | first[1]]
+        buf, pos = self._rbuf, self._rpos
+        assert buf is not None
+        end = len(buf)
+        while pos + 4 <= end and buf[pos] == 0x40:
+            n = buf[pos + 1]
+            if n == 2 or (n == 3 and pos + 5 <= end and buf[pos + 4] < 0x80):
+                mids.append((buf[pos + 2] << 8) | buf[pos + 3])
+            else:
+                break
+            pos += 2 + n
+        if pos == end:
+            buf.clear()
+            pos = 0
+        self._rpos = pos
+        done = []
+        shared = _SHARED_INFO
+        with self._out_message_mutex:
+            pop = self._out_messages.pop
+            for mid in mids:
+                msg = pop(mid, None)
+                if msg is not None:
+                    done.append(mid)
+                    if msg.info is not shared:
+                        msg.info._set_as_published()
+            self._inflight_messages -= len(done)
+        assert self.puback_many_hook is not None
+        self.puback_many_hook(done)
+        return _SUCCESS
 
     def _fast_puback(self, body: bytearray) -> MQTTErrorCode:
         mid = (body[0] << 8) | body[1]
@@ -204,39 +248,53 @@ class _Client(paho.Client):
         when there is no socket (the caller then uses `publish`, which queues for reconnect)."""
         if self._sock is None:
             return None
-        v5 = self._protocol == paho.MQTTv5
-        buf = bytearray()
+        props = b"\x00" if self._protocol == paho.MQTTv5 else b""  # v5: no properties
+        parts: list[bytes] = []
         mids: list[int] = []
         now = paho.time_func()
         out = self._out_messages
         info = _SHARED_INFO
         new = paho.MQTTMessage.__new__
-        with self._out_message_mutex:
+        heads = self._topic_heads
+        with self._mid_generate_mutex, self._out_message_mutex:
+            last = self._last_mid
             for topic, payload, retain in items:
-                mid = self._mid_generate()
-                while mid in out:  # a stale mid from before a reconnect still unacknowledged
-                    mid = self._mid_generate()
+                last = last + 1 if last < 65535 else 1
+                while last in out:  # a stale mid from before a reconnect still unacknowledged
+                    last = last + 1 if last < 65535 else 1
                 m = new(paho.MQTTMessage)
-                m.timestamp, m.state, m.dup, m.mid, m._topic = now, _WAIT_PUBACK, False, mid, topic
+                m.timestamp, m.state, m.dup, m.mid, m._topic = now, _WAIT_PUBACK, False, last, topic
                 m.payload, m.qos, m.retain, m.info, m.properties = payload, 1, retain, info, None
-                out[mid] = m
-                n = 2 + len(topic) + 2 + v5 + len(payload)
-                buf.append(_PUBLISH_QOS1 | retain)
-                while True:  # remaining length, MQTT variable byte integer
-                    byte, n = n & 0x7F, n >> 7
-                    buf.append(byte | 0x80 if n else byte)
-                    if not n:
-                        break
-                buf += len(topic).to_bytes(2, "big")
-                buf += topic
-                buf += mid.to_bytes(2, "big")
-                if v5:
-                    buf.append(0)  # no properties
-                buf += payload
-                mids.append(mid)
+                out[last] = m
+                head = heads.get(topic)
+                if head is None:
+                    head = heads[topic] = len(topic).to_bytes(2, "big") + topic
+                n = len(head) + 2 + len(props) + len(payload)
+                if n < 0x4000:  # remaining length in one or two bytes
+                    fixed = (
+                        bytes((_PUBLISH_QOS1 | retain, n))
+                        if n < 0x80
+                        else bytes((_PUBLISH_QOS1 | retain, (n & 0x7F) | 0x80, n >> 7))
+                    )
+                else:
+                    fixed = bytes((_PUBLISH_QOS1 | retain, *_varint(n)))
+                parts += (fixed, head, last.to_bytes(2, "big"), props, payload)
+                mids.append(last)
+            self._last_mid = last
             self._inflight_messages += len(mids)
-        self._packet_queue(paho.PUBLISH, buf, mids[0] if mids else 0, 1, None)
+        if len(heads) > 65536:
+            heads.clear()
+        self._packet_queue(paho.PUBLISH, b"".join(parts), mids[0] if mids else 0, 1, None)
         return mids
+
+
+def _varint(n: int) -> list[int]:
+    out = []
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | 0x80 if n else byte)
+        if not n:
+            return out
 
 
 def _parse_publish(command: int, body: bytearray, v5: bool) -> tuple[bytes, bytes, int, int] | None:
@@ -370,6 +428,7 @@ class MqttBridge:
         c.on_publish = self._on_publish
         if _FAST:
             c.puback_hook = self._on_puback
+            c.puback_many_hook = self._on_pubacks
             c.publish_hook = self._on_publish_fast
         self._acks: list[int] = []
         self._acks_generation = 0
@@ -562,6 +621,10 @@ class MqttBridge:
             self._paused = False
             if self._sock is not None:
                 self._loop.add_reader(self._sock, self._read)
+                if _FAST and self.client.buffered_packet():
+                    # packets read before the pause wait in our buffer, not in the socket:
+                    # no readable event would come for them
+                    self._loop.call_soon(self._read)
 
     @property
     def paused(self) -> bool:
@@ -682,6 +745,13 @@ class MqttBridge:
         failed = reason is not None and getattr(reason, "is_failure", False)
         self._on_puback(mid, 0x80 if failed else 0)
         self._refill()
+
+    def _on_pubacks(self, mids: list[int]) -> None:
+        pending = self._pending
+        for mid in mids:
+            on_done = pending.pop(mid, None)
+            if on_done is not None:
+                on_done()
 
     def _on_puback(self, mid: int, reason: int) -> None:
         try:

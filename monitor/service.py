@@ -346,19 +346,29 @@ class Service:
         assert self.bridge is not None
         segments = batch.segments
         starts = np.fromiter((seg.offset for seg in segments), np.int64, len(segments))
-        which = (np.searchsorted(starts, hits, side="right") - 1).tolist()
-        devices, seqs, ts, received, items = [], [], [], [], []
-        for i, k in zip(hits.tolist(), which, strict=True):
-            seg = segments[k]
+        which = np.searchsorted(starts, hits, side="right") - 1
+        bounds = np.flatnonzero(np.diff(which, prepend=-1))  # first hit of each segment
+        devices: list[str] = []
+        seqs: list[int] = []
+        ts: list[float] = []
+        received: list[float] = []
+        callbacks: list[Callable[[], None]] = []
+        for lo, hi in zip(bounds.tolist(), [*bounds[1:].tolist(), hits.size], strict=True):
+            seg = segments[int(which[lo])]
             frame, d = seg.frame, seg.token
-            row = seg.start + i - seg.offset
-            devices.append(frame.device_id)
-            seqs.append(frame.seq + row)
-            ts.append(frame.window_ts(row))
-            received.append(d.message.received_at)
-            d.publishes_left += 1
+            rows = hits[lo:hi] - (seg.offset - seg.start)
+            k = hi - lo
+            devices += [frame.device_id] * k
+            seqs += (rows + frame.seq).tolist()
+            if frame.fs is None:
+                ts += [frame.ts] * k
+            else:
+                ts += [frame.window_ts(r) for r in rows.tolist()]
+            received += [d.message.received_at] * k
+            d.publishes_left += k
             if d.on_published is None:
                 d.on_published = functools.partial(self._published, d)
+            callbacks += [d.on_published] * k
         if (
             self._encoder is None
             or self._encoder.model_version != model.info.version
@@ -376,12 +386,11 @@ class Service:
             published_at=published_at,
         )
         topics = self._alert_topics
-        for dev, payload, k in zip(devices, payloads, which, strict=True):
-            topic = topics.get(dev)
-            if topic is None:
-                topic = topics[dev] = f"{self._prefix}/{dev}/alert".encode()
-            items.append((topic, payload, segments[k].token.on_published))
-        self.bridge.publish_many(items)
+        for dev in set(devices) - topics.keys():
+            topics[dev] = f"{self._prefix}/{dev}/alert".encode()
+        self.bridge.publish_many(
+            [(topics[dev], p, cb) for dev, p, cb in zip(devices, payloads, callbacks, strict=True)]
+        )
         self.metrics.latency_seconds.observe_many(published_at - np.array(received))
         self.metrics.alerts.inc(hits.size)
         log.debug("alerts", count=int(hits.size), first_device=devices[0], first_seq=seqs[0])
