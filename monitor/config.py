@@ -63,11 +63,34 @@ class ModelConfig:
         return None if math.isnan(self.threshold) else self.threshold
 
 
+AUTO = -1  # `max_batch = "auto"` / `pipeline_depth = "auto"`: sized for the provider
+# provider -> (max_batch, pipeline_depth) for "auto". A CPU batch of 64 is past the point where
+# ONNX Runtime's per-call overhead stops mattering for the dense model; a GPU needs thousands
+# of windows per call to be busy, and more batches in flight to hide the copies.
+AUTO_BATCH: dict[str, tuple[int, int]] = {
+    "CPUExecutionProvider": (64, 2),
+    "CUDAExecutionProvider": (4096, 4),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class BatchConfig:
-    max_batch: int = 64
+    max_batch: int = AUTO
     max_wait_ms: float = 5.0
-    pipeline_depth: int = 2
+    pipeline_depth: int = AUTO
+
+    def for_provider(self, provider: str, queue_windows: int | None = None) -> BatchConfig:
+        """Concrete sizes for the provider the model runs on ("auto" resolved; max_batch never
+        above queue_windows)."""
+        batch, depth = AUTO_BATCH.get(provider, AUTO_BATCH["CPUExecutionProvider"])
+        max_batch = batch if self.max_batch == AUTO else self.max_batch
+        if queue_windows is not None and self.max_batch == AUTO:
+            max_batch = min(max_batch, queue_windows)
+        return dataclasses.replace(
+            self,
+            max_batch=max_batch,
+            pipeline_depth=depth if self.pipeline_depth == AUTO else self.pipeline_depth,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +187,9 @@ def _section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         default = getattr(cls(), key)
+        if cls is BatchConfig and key in ("max_batch", "pipeline_depth") and value == "auto":
+            kwargs[key] = AUTO
+            continue
         kwargs[key] = _coerce(f"{name}.{key}", value, default)
     return cls(**kwargs)
 
@@ -275,14 +301,20 @@ def _resolve(cfg: Config, base_dir: Path, env: dict[str, str]) -> Config:
     )
     _check(mo.watch_s >= 0, "model.watch_s must be >= 0")
 
-    _check(b.max_batch >= 1, "batch.max_batch must be >= 1")
+    _check(b.max_batch >= 1 or b.max_batch == AUTO, 'batch.max_batch must be >= 1 or "auto"')
     _check(b.max_wait_ms >= 0, "batch.max_wait_ms must be >= 0")
-    _check(b.pipeline_depth >= 1, "batch.pipeline_depth must be >= 1")
+    _check(
+        b.pipeline_depth >= 1 or b.pipeline_depth == AUTO,
+        'batch.pipeline_depth must be >= 1 or "auto"',
+    )
     _check(a.min_consecutive >= 1, "alerts.min_consecutive must be >= 1")
     _check(a.cooldown_s >= 0, "alerts.cooldown_s must be >= 0")
     _check(li.max_payload_bytes >= 64, "limits.max_payload_bytes must be >= 64")
     _check(li.max_windows_per_message >= 1, "limits.max_windows_per_message must be >= 1")
-    _check(li.queue_windows >= b.max_batch, "limits.queue_windows must be >= batch.max_batch")
+    _check(
+        li.queue_windows >= b.for_provider("CPUExecutionProvider").max_batch,
+        "limits.queue_windows must be >= batch.max_batch",
+    )
     _check(0 <= me.port < 65536, f"metrics.port {me.port} is not a TCP port (0 = off)")
     _check(s.drain_timeout_s > 0, "service.drain_timeout_s must be > 0")
     _check(

@@ -338,7 +338,7 @@ def _frame_end(buf: bytearray, pos: int) -> int:
         if not b & 0x80:
             break
         mult <<= 7
-        if i - pos > 5:
+        if i - pos >= 5:  # a fifth length byte: malformed
             return -1
     return i + length if i + length <= end else 0
 

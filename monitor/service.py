@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import signal
 import ssl
@@ -61,7 +62,8 @@ class Service:
     """The running daemon. Everything but inference runs on the event loop thread."""
 
     def __init__(self, cfg: Config, model: Model, notifier: Notifier | None = None) -> None:
-        self.cfg = cfg
+        batch = cfg.batch.for_provider(model.info.provider, cfg.limits.queue_windows)
+        self.cfg = cfg = dataclasses.replace(cfg, batch=batch)  # "auto" sizes resolved
         self.model = model
         self.notifier = notifier or Notifier()
         self.started_at = time.time()
@@ -149,6 +151,8 @@ class Service:
                     model=self.model.info.name,
                     model_version=self.model.info.version,
                     provider=self.model.info.provider,
+                    max_batch=self.cfg.batch.max_batch,
+                    pipeline_depth=self.cfg.batch.pipeline_depth,
                 )
             await stop
             online.cancel()
@@ -532,7 +536,7 @@ def main(args: argparse.Namespace) -> int:
             provider=mc.provider,
             intra_op_threads=mc.intra_op_threads,
             graph_optimization=mc.graph_optimization,
-            warmup_batch=cfg.batch.max_batch,
+            warmup_batch=cfg.batch.for_provider("CPUExecutionProvider").max_batch,
         )
     except ModelLoadError as e:
         print(f"ecg-monitor: cannot load model: {e}", file=sys.stderr)
