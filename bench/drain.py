@@ -267,6 +267,7 @@ def run_daemon(
     load: Load,
     messages: list[tuple[str, bytes]],
     tmp: Path,
+    *,
     instances: int = 1,
     extra_toml: str = "",
     profile: Path | None = None,
@@ -439,7 +440,7 @@ def main() -> int:
                                     load,
                                     messages,
                                     tmp,
-                                    args.instances,
+                                    instances=args.instances,
                                     profile=args.profile,
                                     broker_pid=broker.proc.pid,
                                 )
