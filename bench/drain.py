@@ -63,6 +63,7 @@ from monitor.wire import HEADER, MAGIC, VERSION  # noqa: E402
 from tests.brokers import Mosquitto, free_port  # noqa: E402
 
 MODEL = ROOT / "models" / "ecg-synthetic-dense.onnx"
+DAEMON_TREE = [ROOT]  # --daemon-tree: run `python -m monitor` from another checkout (A/B)
 RECEIVE_MAXIMUM = 1000
 DEVICES = 8
 END_DEVICE = "zzend"
@@ -327,10 +328,10 @@ log_format = "json"
         procs.append(
             subprocess.Popen(
                 [sys.executable, *prof, "-m", "monitor", "run", "--config", str(config)],
-                cwd=ROOT,
+                cwd=DAEMON_TREE[0],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                env={**os.environ, "PYTHONPATH": str(DAEMON_TREE[0])},
             )
         )
     deadline = time.monotonic() + 600
@@ -412,9 +413,14 @@ def main() -> int:
     ap.add_argument("--benchmarks", type=Path, help="write the table into this BENCHMARKS.md")
     ap.add_argument("--section", default="drain")
     ap.add_argument("--profile", type=Path, help="run the daemon under cProfile, stats to PATH.K")
+    ap.add_argument(
+        "--daemon-tree", type=Path, help="checkout whose monitor/ the daemon runs (default: this)"
+    )
     ap.add_argument("--note", default="", help="a line about load conditions for the record")
     args = ap.parse_args()
     loads = [LOADS[n] for n in args.loads.split(",")]
+    if args.daemon_tree:
+        DAEMON_TREE[0] = args.daemon_tree.resolve()
     normal, anomalous = pools(140)
     _END["payload"] = encode(LOADS["single"], 0, anomalous[:1])
     load_before = os.getloadavg()
