@@ -5,100 +5,152 @@ and GC collectors plus the daemon's own series. The exposition (text 0.0.4 or Op
 the scraper's Accept header, gzip when asked) is prometheus-client's; the HTTP server runs in a
 daemon thread, so a scrape never waits for the event loop and the loop never waits for it.
 
-The daemon's code talks to thin wrappers that keep one call style (`inc(n, code=...)`,
-`set(v)`, `observe(v)`): labels as keyword arguments, children cached. Histograms are a
-collector of our own over numpy bucket counts, because the alert path observes one latency
-per alert and `observe_many` takes a whole batch of them in one call.
+The daemon's series are prometheus-client collectors of our own (`Counter`, `Gauge`,
+`Histogram` below, each yielding the library's metric families): they keep the call style the
+daemon's code has always used (`inc(n, code=...)`, `set(v)`, `observe(v)`, labels as keyword
+arguments, no declaration needed), updates are a dict or numpy add under an uncontended lock,
+and `Histogram.observe_many` takes a whole batch of alert latencies in one call. A family
+built without a registry joins the `Metrics` registry it is an attribute of.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 import prometheus_client
 import structlog
 from prometheus_client import (
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
     CollectorRegistry,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 log = structlog.get_logger("monitor.metrics")
 
 PREFIX = "ecg_monitor_"
-del GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR  # the global registry is not ours
 
 
-class Counter:
-    """A prometheus-client Counter with labels passed as keyword arguments."""
+LabelKey = tuple[tuple[str, str], ...]
+
+
+class _Family(Collector):
+    """Shared part of our series: name, help, label sets -> value, registry hookup.
+
+    Label names come with each call (`inc(code="bad_json")`), so a series needs no declaration,
+    as the daemon's code always had it. `registry` may be left out: `Metrics` registers every
+    family it holds when it is built.
+    """
+
+    kind = "gauge"
 
     def __init__(
-        self,
-        registry: CollectorRegistry,
-        name: str,
-        help_text: str,
-        labelnames: Sequence[str] = (),
+        self, name: str, help_text: str, registry: CollectorRegistry | None = None
     ) -> None:
-        self.name = PREFIX + name
-        self._metric = prometheus_client.Counter(
-            self.name, help_text, labelnames=tuple(labelnames), registry=registry
-        )
-        self._children: dict[tuple[str, ...], Any] = {}
-        self._labelnames = tuple(labelnames)
+        self.name, self.help = PREFIX + name, help_text
+        self._values: dict[LabelKey, float] = {}
+        self._lock = threading.Lock()
+        self.registry: CollectorRegistry | None = None
+        if registry is not None:
+            self.register(registry)
 
-    def _child(self, labels: dict[str, str]) -> Any:
-        key = tuple(labels[n] for n in self._labelnames)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._metric.labels(*key)
-        return child
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        (self._child(labels) if labels else self._metric).inc(amount)
+    def register(self, registry: CollectorRegistry) -> None:
+        if self.registry is None:
+            registry.register(self)
+            self.registry = registry
 
     def value(self, **labels: str) -> float:
-        """Current value of one series (0 if it was never incremented)."""
-        for family in self._metric.collect():
-            for s in family.samples:
-                if s.name.endswith("_total") and s.labels == labels:
-                    return float(s.value)
-        return 0.0
+        """Current value of one series (0 if it was never set)."""
+        return self._values.get(tuple(sorted(labels.items())), 0.0)
+
+    def _snapshot(self) -> list[tuple[LabelKey, float]]:
+        with self._lock:
+            return sorted(self._values.items())
+
+    def _family(self, samples: list[tuple[LabelKey, float]]) -> Metric:
+        labelnames = sorted({k for key, _ in samples for k, _ in key})
+        family: CounterMetricFamily | GaugeMetricFamily
+        if self.kind == "counter":
+            family = CounterMetricFamily(self.name, self.help, labels=labelnames)
+        else:
+            family = GaugeMetricFamily(self.name, self.help, labels=labelnames)
+        for key, v in samples:
+            d = dict(key)
+            family.add_metric([d.get(n, "") for n in labelnames], v)
+        return family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._family(self._snapshot())
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family([])
 
 
-class Gauge:
-    """A prometheus-client Gauge; `fn` makes it read a value at scrape time instead."""
+class Counter(_Family):
+    """A count that only goes up; labels as keyword arguments. Shows 0 before the first
+    increment unless `labelled` (then it has no series until one is counted)."""
+
+    kind = "counter"
 
     def __init__(
         self,
-        registry: CollectorRegistry,
         name: str,
         help_text: str,
-        labelnames: Sequence[str] = (),
-        fn: Callable[[], float] | None = None,
+        registry: CollectorRegistry | None = None,
+        *,
+        labelled: bool = False,
     ) -> None:
-        self.name = PREFIX + name
-        self._metric = prometheus_client.Gauge(
-            self.name, help_text, labelnames=tuple(labelnames), registry=registry
-        )
-        if fn is not None:
-            self._metric.set_function(fn)
+        self._labelled = labelled
+        super().__init__(name, help_text, registry)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items())) if labels else ()
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        samples = self._snapshot()
+        yield self._family(samples if samples or self._labelled else [((), 0.0)])
+
+
+class Gauge(_Family):
+    """A value that goes up and down; `fn` makes it read a value at scrape time instead."""
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        fn: Callable[[], float] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._fn = fn
+        super().__init__(name, help_text, registry)
 
     def set(self, value: float, **labels: str) -> None:
-        (self._metric.labels(**labels) if labels else self._metric).set(value)
+        key = tuple(sorted(labels.items())) if labels else ()
+        with self._lock:
+            self._values[key] = value
 
     def clear(self) -> None:
-        self._metric.clear()
+        with self._lock:
+            self._values.clear()
+
+    def collect(self) -> Iterator[Metric]:
+        samples = self._snapshot()
+        if self._fn is not None:
+            samples = [((), float(self._fn())), *samples]
+        yield self._family(samples)
 
 
 class Histogram(Collector):
@@ -109,14 +161,25 @@ class Histogram(Collector):
     """
 
     def __init__(
-        self, registry: CollectorRegistry, name: str, help_text: str, buckets: Iterable[float]
+        self,
+        name: str,
+        help_text: str,
+        buckets: Iterable[float],
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.name, self.help = PREFIX + name, help_text
         self.bounds = np.array(sorted(float(b) for b in buckets), np.float64)
         self._counts = np.zeros(len(self.bounds) + 1, np.int64)  # last: above every bound
         self._sum = 0.0
         self._lock = threading.Lock()
-        registry.register(self)
+        self.registry: CollectorRegistry | None = None
+        if registry is not None:
+            self.register(registry)
+
+    def register(self, registry: CollectorRegistry) -> None:
+        if self.registry is None:
+            registry.register(self)
+            self.registry = registry
 
     def observe(self, value: float) -> None:
         i = int(np.searchsorted(self.bounds, value, side="left"))
@@ -164,42 +227,44 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        self.windows_received = Counter(
-            r, "windows_received_total", "Windows decoded from messages."
-        )
-        self.windows_scored = Counter(r, "windows_scored_total", "Windows run through the model.")
+        self.windows_received = Counter("windows_received_total", "Windows decoded from messages.")
+        self.windows_scored = Counter("windows_scored_total", "Windows run through the model.")
         self.rejected = Counter(
-            r, "messages_rejected_total", "Messages rejected, by reject code (DESIGN.md).", ["code"]
+            "messages_rejected_total",
+            "Messages rejected, by reject code (DESIGN.md).",
+            labelled=True,
         )
         self.dropped = Counter(
-            r, "windows_dropped_total", "QoS 0 windows dropped because the queue was full."
+            "windows_dropped_total", "QoS 0 windows dropped because the queue was full."
         )
-        self.alerts = Counter(r, "alerts_total", "Alerts published.")
+        self.alerts = Counter("alerts_total", "Alerts published.")
         self.reloads = Counter(
-            r, "model_reloads_total", "Model reloads, by result (ok|failed).", ["result"]
+            "model_reloads_total", "Model reloads, by result (ok|failed).", labelled=True
         )
         self.batch_size = Histogram(
-            r, "batch_size", "Windows per inference call.", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+            "batch_size", "Windows per inference call.", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
         )
         self.inference_seconds = Histogram(
-            r, "inference_seconds", "Seconds per inference call (one batch).", _SECONDS
+            "inference_seconds", "Seconds per inference call (one batch).", _SECONDS
         )
         self.latency_seconds = Histogram(
-            r,
             "alert_latency_seconds",
             "Seconds from a window's receipt to its alert's publish.",
             _SECONDS,
         )
         self.queue_depth = Gauge(
-            r, "queue_windows", "Windows waiting for inference.", fn=queue_depth or (lambda: 0.0)
+            "queue_windows", "Windows waiting for inference.", queue_depth or (lambda: 0.0)
         )
-        self.model_info = Gauge(
-            r,
-            "model_info",
-            "The model in use (value 1).",
-            ["model", "model_version", "provider"],
-        )
-        self.up = Gauge(r, "connected", "1 while connected to the broker.")
+        self.model_info = Gauge("model_info", "The model in use (value 1).")
+        self.up = Gauge("connected", "1 while connected to the broker.")
+        self._register_all()
+
+    def _register_all(self) -> None:
+        """Every family held in an attribute joins this registry (a family added by later code
+        without a registry argument is exported too)."""
+        for value in vars(self).values():
+            if isinstance(value, _Family | Histogram):
+                value.register(self.registry)
 
     def set_model(self, name: str, version: str, provider: str) -> None:
         self.model_info.clear()

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from monitor.metrics import Metrics, MetricsServer
+from monitor.metrics import Counter, Gauge, Metrics, MetricsServer
 from monitor.wire import encode_binary
 from tests.brokers import Mosquitto, free_port
 from tests.monitor.daemon import Collector, Daemon, Publisher, wait_online, write_config
@@ -202,3 +202,24 @@ def test_running_daemon_exports_process_metrics_and_our_counters(
     assert om[("ecg_monitor_windows_scored_total", ())] == 32
     assert om[("process_cpu_seconds_total", ())] > 0
     col.close()
+
+
+def test_a_family_added_without_registry_or_label_declaration_is_exported() -> None:
+    """Code that adds `self.x = Counter("x_total", "X.")` to Metrics and counts with labels it
+    never declared (the call style the daemon always had) still reaches /metrics."""
+
+    class More(Metrics):
+        def __init__(self) -> None:
+            self.storms = Counter("alarm_storms_total", "Storms, by scope.")
+            self.devices = Gauge("stream_devices", "Devices.")
+            super().__init__()
+
+    m = More()
+    m.storms.inc(scope="fleet")
+    m.storms.inc(2, scope="device")
+    m.devices.set(3)
+    s = samples(m.render())
+    assert s[("ecg_monitor_alarm_storms_total", (("scope", "fleet"),))] == 1
+    assert s[("ecg_monitor_alarm_storms_total", (("scope", "device"),))] == 2
+    assert s[("ecg_monitor_stream_devices", ())] == 3
+    assert "# TYPE ecg_monitor_alarm_storms_total counter" in m.render()
