@@ -38,7 +38,7 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format monitor training tests bench
 	$(BIN)/ruff check --fix monitor training tests bench
 
-# The daemon host's environment: numpy, onnxruntime, paho-mqtt, structlog (+ amqtt for
+# The daemon host's environment: numpy, onnxruntime, paho-mqtt, structlog, prometheus-client (+ amqtt for
 # the embedded broker). No torch, no onnx.
 $(RUN_VENV)/.installed: pyproject.toml
 	test -x $(RUN_VENV)/bin/python || $(PYTHON) -m venv $(RUN_VENV)
