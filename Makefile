@@ -16,17 +16,27 @@ help:
 	@echo "make models  - rebuild the bundled model under models/ with ecg-train"
 	@echo "make bench   - model-only and end-to-end benchmarks (see BENCHMARKS.md)"
 
+# pip shows what it downloads and installs (a fresh environment takes a while); PIP_FLAGS=-q
+# hides it again.
+PIP_FLAGS ?= --progress-bar on
+
 # Full development environment: torch first (pinned CPU wheel), then the project.
 $(BIN)/.installed: pyproject.toml
+	@echo "==> $(VENV): creating the development environment (tests, training, demo)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "==> $(VENV): upgrading pip"
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[train,dev,demo]'
+	@echo "==> $(VENV): installing $(TORCH_SPEC) (the largest download)"
+	$(BIN)/python -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
+	@echo "==> $(VENV): installing ecg-monitor from this checkout with the train, dev and demo extras"
+	$(BIN)/python -m pip install $(PIP_FLAGS) -e '.[train,dev,demo]'
 	touch $@
+	@echo "==> $(VENV): ready"
 
 venv: $(BIN)/.installed
 
 test: $(BIN)/.installed
+	@echo "==> pytest (starts its own mosquitto brokers; tests needing ../shared/data skip without it)"
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/.installed
@@ -41,12 +51,17 @@ format: $(BIN)/.installed
 # The daemon host's environment: numpy, onnxruntime, paho-mqtt, structlog, prometheus-client (+ amqtt for
 # the embedded broker). No torch, no onnx.
 $(RUN_VENV)/.installed: pyproject.toml
+	@echo "==> $(RUN_VENV): creating the runtime environment (no torch)"
 	test -x $(RUN_VENV)/bin/python || $(PYTHON) -m venv $(RUN_VENV)
+	@echo "==> $(RUN_VENV): upgrading pip"
 	$(RUN_VENV)/bin/python -m pip install -q --upgrade pip
-	$(RUN_VENV)/bin/python -m pip install -q -e '.[demo]'
+	@echo "==> $(RUN_VENV): installing ecg-monitor from this checkout: numpy, onnxruntime, paho-mqtt, structlog, amqtt"
+	$(RUN_VENV)/bin/python -m pip install $(PIP_FLAGS) -e '.[demo]'
 	touch $@
+	@echo "==> $(RUN_VENV): ready"
 
 demo: $(RUN_VENV)/.installed
+	@echo "==> ecg-monitor demo $(DEMO_ARGS)"
 	$(RUN_VENV)/bin/ecg-monitor demo $(DEMO_ARGS)
 
 # The bundled model (models/MODEL_CARD.md): the project's own training command on the

@@ -8,8 +8,8 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -110,26 +110,36 @@ class Reject:
     received_at: float
     payload: bytes
 
-    def to_json(self) -> bytes:
-        return _dumps(
-            {
-                "device_id": self.device_id,
-                "code": self.code,
-                "reason": self.reason,
-                "received_at": self.received_at,
-                "payload_b64": base64.b64encode(self.payload).decode("ascii"),
-            }
-        )
+    def to_json(self, max_bytes: int | None = None) -> bytes:
+        """The reject; when it would exceed `max_bytes` (what the broker's packet limit leaves
+        for a payload) the payload is cut to fit, and `truncated` / `payload_bytes` say so."""
+        obj: dict[str, object] = {
+            "device_id": self.device_id,
+            "code": self.code,
+            "reason": self.reason,
+            "received_at": self.received_at,
+            "payload_b64": base64.b64encode(self.payload).decode("ascii"),
+        }
+        full = _dumps(obj)
+        if max_bytes is None or len(full) <= max_bytes:
+            return full
+        obj.update(payload_b64="", truncated=True, payload_bytes=len(self.payload))
+        room = max_bytes - len(_dumps(obj))  # base64 needs no JSON escaping
+        keep = max(room, 0) // 4 * 3
+        obj["payload_b64"] = base64.b64encode(self.payload[:keep]).decode("ascii")
+        return _dumps(obj)
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreReport:
-    """Scores of every window of one incoming message (seq, seq+1, ...): ecg/<device_id>/score."""
+    """Scores of every window of one incoming message (seq, seq+1, ...): ecg/<device_id>/score.
+
+    A window whose score is not finite is rejected as `out_of_range`; its entry here is null."""
 
     device_id: str
     seq: int
     ts: float
-    scores: tuple[float, ...]
+    scores: tuple[float | None, ...]
     threshold: float
     model: str
     model_version: str
@@ -142,6 +152,22 @@ class ScoreReport:
         d["scores"] = list(self.scores)
         return _dumps(d)
 
+    def parts(self, max_bytes: int, window_ts: Callable[[int], float]) -> list[bytes]:
+        """The report as JSON messages of at most `max_bytes` each: split into reports of
+        consecutive windows (seq, ts of each part's first window) when one would not fit."""
+        out: list[bytes] = []
+        todo = [(0, len(self.scores))]
+        while todo:
+            lo, hi = todo.pop()
+            part = replace(self, seq=self.seq + lo, ts=window_ts(lo), scores=self.scores[lo:hi])
+            data = part.to_json()
+            if len(data) <= max_bytes or hi - lo == 1:
+                out.append(data)  # a single window that does not fit is the bridge's to refuse
+            else:
+                mid = (lo + hi) // 2
+                todo += [(mid, hi), (lo, mid)]
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class Status:
@@ -152,9 +178,13 @@ class Status:
     model: str
     model_version: str
     started_at: float
+    alarm_storm: dict[str, object] | None = None  # the latest alarm storm seen (monitor.storm)
 
     def to_json(self) -> bytes:
-        return _dumps(asdict(self))
+        d = asdict(self)
+        if self.alarm_storm is None:
+            del d["alarm_storm"]
+        return _dumps(d)
 
 
 class AlertPolicy:

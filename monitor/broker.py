@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import shutil
@@ -74,7 +75,10 @@ class BrokerAddress:
 
 
 def add_client_options(
-    parser: argparse.ArgumentParser, *, default: str | None = "127.0.0.1:1883"
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = "127.0.0.1:1883",
+    broker_help: str = "MQTT broker",
 ) -> None:
     """The options every MQTT client command shares."""
     g = parser.add_argument_group("broker")
@@ -83,9 +87,9 @@ def add_client_options(
         type=BrokerAddress.parse,
         default=BrokerAddress.parse(default) if default else None,
         metavar="HOST:PORT",
-        help=f"MQTT broker (default {default})" if default else "MQTT broker",
+        help=broker_help,
     )
-    g.add_argument("--username", help="MQTT user name")
+    g.add_argument("--username", help="MQTT user name (default: connect without one)")
     g.add_argument("--password-file", type=Path, help="file holding the MQTT password")
     g.add_argument("--tls", action="store_true", help="connect with TLS")
     g.add_argument("--ca-file", type=Path, help="CA bundle for TLS (implies --tls)")
@@ -212,6 +216,27 @@ def stop_process_group(proc: subprocess.Popen[Any], *, grace: float = 10.0) -> i
     return proc.wait()
 
 
+def _mosquitto_version(exe: str) -> str:
+    """The version `mosquitto -h` prints on its first line ("mosquitto version 2.0.11")."""
+    try:
+        done = subprocess.run([exe, "-h"], check=False, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "(version unknown)"
+    words = (done.stdout or done.stderr).split()
+    return (
+        words[2]
+        if words[:2] == ["mosquitto", "version"] and len(words) > 2
+        else "(version unknown)"
+    )
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
 @dataclass
 class EmbeddedBroker:
     """A broker child process on 127.0.0.1 and a free port; `stop()` leaves nothing behind."""
@@ -221,6 +246,7 @@ class EmbeddedBroker:
     host: str = "127.0.0.1"
     port: int = 0
     kind: Literal["mosquitto", "amqtt"] = "mosquitto"
+    program: str = ""  # what runs, e.g. "mosquitto 2.0.11 from /usr/sbin/mosquitto"
     proc: subprocess.Popen[bytes] | None = None
     _dir: Path | None = field(default=None, repr=False)
 
@@ -242,6 +268,7 @@ class EmbeddedBroker:
         if use_mosquitto:
             assert exe is not None
             self.kind = "mosquitto"
+            self.program = f"mosquitto {_mosquitto_version(exe)} from {exe}"
             conf = self._dir / "mosquitto.conf"
             conf.write_text(
                 MOSQUITTO_CONFIG.format(port=self.port, inflight=self.inflight, data_dir=self._dir)
@@ -249,6 +276,7 @@ class EmbeddedBroker:
             cmd = [exe, "-c", str(conf)]
         else:
             self.kind = "amqtt"
+            self.program = f"amqtt {_package_version('amqtt')} (pure Python, {sys.executable})"
             cmd = [sys.executable, "-m", "monitor.broker", "amqtt", "--port", str(self.port)]
         log = (self._dir / "broker.out").open("wb")
         try:

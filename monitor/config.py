@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.errors import ConfigError
+from monitor.wire import F32_MAX, MAX_ABS_SAMPLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,8 @@ class MqttConfig:
     session_expiry_s: int = 3600
     receive_maximum: int = 1000
     max_inflight_out: int = 1000
+    # Largest packet we send; the broker's CONNACK Maximum Packet Size lowers it (MQTT 5).
+    max_packet_bytes: int = 1 << 20
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
@@ -98,6 +101,9 @@ class AlertsConfig:
     min_consecutive: int = 1
     cooldown_s: float = 0.0
     publish_scores: bool = False
+    storm_windows: int = 200
+    storm_fleet_windows: int = 2000
+    storm_share: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +111,7 @@ class LimitsConfig:
     max_payload_bytes: int = 1 << 20
     max_windows_per_message: int = 4096
     queue_windows: int = 8192
+    max_abs_sample: float = MAX_ABS_SAMPLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +194,12 @@ def _section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         default = getattr(cls(), key)
-        if cls is BatchConfig and key in ("max_batch", "pipeline_depth") and value == "auto":
-            kwargs[key] = AUTO
-            continue
+        if cls is BatchConfig and key in ("max_batch", "pipeline_depth"):
+            if value == "auto":
+                kwargs[key] = AUTO
+                continue
+            if value == AUTO and not isinstance(value, bool):  # the sentinel is not a size
+                raise ConfigError(f'{name}.{key} must be >= 1 or "auto", not {value!r}')
         kwargs[key] = _coerce(f"{name}.{key}", value, default)
     return cls(**kwargs)
 
@@ -206,10 +216,15 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, not {value!r}")
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number) and not (math.isnan(default) and math.isnan(number)):
+            raise ConfigError(f"{where} must be a finite number, not {value!r}")
+        return number
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, not {value!r}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ConfigError(f"{where} must not contain control characters")
         return value
     raise ConfigError(f"{where}: unsupported option type")  # pragma: no cover
 
@@ -253,9 +268,15 @@ def _resolve(cfg: Config, base_dir: Path, env: dict[str, str]) -> Config:
         "mqtt.share_group needs protocol = 5 (shared subscriptions are MQTT 5)",
     )
     _check(0 < m.receive_maximum <= 65535, "mqtt.receive_maximum must be in 1..65535")
-    _check(m.max_inflight_out > 0, "mqtt.max_inflight_out must be > 0")
-    _check(m.session_expiry_s >= 0, "mqtt.session_expiry_s must be >= 0")
-    _check(m.keepalive_s >= 5, "mqtt.keepalive_s must be >= 5")
+    _check(0 < m.max_inflight_out <= 65535, "mqtt.max_inflight_out must be in 1..65535")
+    _check(
+        1024 <= m.max_packet_bytes <= 268_435_455,
+        "mqtt.max_packet_bytes must be in 1024..268435455 (the MQTT maximum)",
+    )
+    _check(0 <= m.session_expiry_s < 1 << 32, "mqtt.session_expiry_s must be in 0..4294967295")
+    _check(5 <= m.keepalive_s <= 65535, "mqtt.keepalive_s must be in 5..65535")
+    _check(len(m.client_id) <= 256, "mqtt.client_id must be at most 256 characters")
+    _check(len(m.username) <= 256, "mqtt.username must be at most 256 characters")
     _check(
         0 < m.reconnect_min_s <= m.reconnect_max_s,
         "mqtt.reconnect_min_s must be > 0 and <= reconnect_max_s",
@@ -294,29 +315,50 @@ def _resolve(cfg: Config, base_dir: Path, env: dict[str, str]) -> Config:
         mo.graph_optimization in ("disable", "basic", "extended", "all"),
         "model.graph_optimization must be disable, basic, extended or all",
     )
-    _check(mo.intra_op_threads >= 0, "model.intra_op_threads must be >= 0")
+    _check(0 <= mo.intra_op_threads <= 1024, "model.intra_op_threads must be in 0..1024")
     _check(
         math.isnan(mo.threshold) or math.isfinite(mo.threshold),
         "model.threshold must be finite (or nan for the model's own)",
     )
     _check(mo.watch_s >= 0, "model.watch_s must be >= 0")
 
-    _check(b.max_batch >= 1 or b.max_batch == AUTO, 'batch.max_batch must be >= 1 or "auto"')
-    _check(b.max_wait_ms >= 0, "batch.max_wait_ms must be >= 0")
     _check(
-        b.pipeline_depth >= 1 or b.pipeline_depth == AUTO,
-        'batch.pipeline_depth must be >= 1 or "auto"',
+        1 <= b.max_batch <= 65536 or b.max_batch == AUTO,
+        'batch.max_batch must be >= 1 (and <= 65536) or "auto"',
     )
-    _check(a.min_consecutive >= 1, "alerts.min_consecutive must be >= 1")
+    _check(0 <= b.max_wait_ms <= 60_000, "batch.max_wait_ms must be in 0..60000")
+    _check(
+        1 <= b.pipeline_depth <= 64 or b.pipeline_depth == AUTO,
+        'batch.pipeline_depth must be in 1..64 or "auto"',
+    )
+    _check(1 <= a.min_consecutive <= 1_000_000, "alerts.min_consecutive must be in 1..1000000")
     _check(a.cooldown_s >= 0, "alerts.cooldown_s must be >= 0")
-    _check(li.max_payload_bytes >= 64, "limits.max_payload_bytes must be >= 64")
-    _check(li.max_windows_per_message >= 1, "limits.max_windows_per_message must be >= 1")
+    _check(0 <= a.storm_windows <= 1_000_000, "alerts.storm_windows must be in 0..1000000")
+    _check(
+        0 <= a.storm_fleet_windows <= 10_000_000,
+        "alerts.storm_fleet_windows must be in 0..10000000",
+    )
+    _check(0 < a.storm_share <= 1, "alerts.storm_share must be in (0, 1]")
+    _check(
+        64 <= li.max_payload_bytes <= 268_435_455,
+        "limits.max_payload_bytes must be in 64..268435455",
+    )
+    _check(
+        1 <= li.max_windows_per_message <= 65535,
+        "limits.max_windows_per_message must be in 1..65535",
+    )
     _check(
         li.queue_windows >= b.for_provider("CPUExecutionProvider").max_batch,
         "limits.queue_windows must be >= batch.max_batch",
     )
+    _check(li.queue_windows <= 10_000_000, "limits.queue_windows must be <= 10000000")
+    _check(
+        0 < li.max_abs_sample <= F32_MAX,
+        f"limits.max_abs_sample must be > 0 and <= {F32_MAX:.8g} (the float32 maximum)",
+    )
     _check(0 <= me.port < 65536, f"metrics.port {me.port} is not a TCP port (0 = off)")
-    _check(s.drain_timeout_s > 0, "service.drain_timeout_s must be > 0")
+    _check(bool(me.host) or me.port == 0, "metrics.host must not be empty")
+    _check(0 < s.drain_timeout_s <= 3600, "service.drain_timeout_s must be in (0, 3600]")
     _check(
         s.log_format in ("auto", "json", "console"),
         "service.log_format must be auto, json or console",
@@ -327,9 +369,11 @@ def _resolve(cfg: Config, base_dir: Path, env: dict[str, str]) -> Config:
     )
     instance_id = s.instance_id or socket.gethostname()
     _check(
-        not (_TOPIC_BAD & set(instance_id)),
-        f"service.instance_id {instance_id!r} must not contain + # /",
+        not (_TOPIC_BAD & set(instance_id)) and len(instance_id) <= 128,
+        f"service.instance_id {instance_id[:130]!r} must not contain + # / (and <= 128 chars)",
     )
+    # A broker that ties client ids to users (the shipped one: use_username_as_clientid)
+    # replaces this with the username: there, each instance needs its own user.
     client_id = m.client_id or f"ecg-monitor-{instance_id}"
     return dataclasses.replace(
         cfg,

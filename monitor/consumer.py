@@ -141,13 +141,20 @@ class View:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_client_options(parser)
-    parser.add_argument("--prefix", default="ecg", help="topic prefix (default ecg)")
+    parser.add_argument("--prefix", default="ecg", help="topic prefix")
     parser.add_argument(
-        "--device", action="append", metavar="ID", help="only this device (repeat for several)"
+        "--device",
+        action="append",
+        metavar="ID",
+        help="only this device, repeatable (default: every device)",
     )
     parser.add_argument("--rejects", action="store_true", help="also show rejected messages")
-    parser.add_argument("--count", type=int, help="exit after this many alerts")
-    parser.add_argument("--duration", type=float, help="exit after this many seconds")
+    parser.add_argument(
+        "--count", type=int, help="exit after this many alerts (default: run until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--duration", type=float, help="exit after this many seconds (default: no limit)"
+    )
     parser.add_argument(
         "--format",
         choices=["auto", "table", "json"],

@@ -1,7 +1,9 @@
-"""The whole system on one machine: embedded broker, daemon, simulated fleet and live alerts.
+"""The whole system on one machine: a broker, the daemon, a simulated fleet and live alerts.
 
-Ends with a summary scored against the simulator's ground truth. Every child process runs in
-its own session and is stopped, and every temporary file removed, however the demo ends.
+Ends with a summary scored against the simulator's ground truth. stdout carries the alert view
+only (a table on a terminal, JSON lines when piped); start-up lines, progress and the summary
+go to stderr, so `ecg-monitor demo | jq` sees a clean stream. Every child process runs in its
+own session and is stopped, and every temporary file removed, however the demo ends.
 """
 
 from __future__ import annotations
@@ -92,6 +94,15 @@ class Tally:
     first_score: float = math.inf
     last_score: float = 0.0
     alert_messages: int = 0
+
+    def progress(self) -> str:
+        """Windows sent, scored, and alerted among the scored (so alerted <= scored)."""
+        scored = self.scored & self.truth.keys()
+        alerted = self.alerted & scored
+        return (
+            f"... {len(self.truth):,} windows sent, {len(scored):,} scored, "
+            f"{len(alerted):,} of them alerted"
+        )
 
     def sent(self, rows: list[SentWindow]) -> None:
         for r in rows:
@@ -250,13 +261,15 @@ class Demo:
         self.tally = Tally()
         self.instance_id = f"demo-{os.getpid()}"
         self.daemon_log = self.tmp / "daemon.log"
+        self.daemon_started = 0.0
 
     def check(self) -> None:
         if self.interrupted.is_set():
             raise InterruptedByUserError
 
     def say(self, text: str) -> None:
-        print(text, flush=True)
+        """A line for the person watching: stderr, so stdout stays the alert stream."""
+        print(text, file=sys.stderr, flush=True)
 
     def daemon_died(self) -> DemoError:
         assert self.daemon is not None
@@ -274,8 +287,8 @@ class Demo:
         self.broker = EmbeddedBroker(prefer=self.args.embedded_broker)
         self.broker.start()
         self.say(
-            f"broker      {self.broker.kind} on {self.broker.address} "
-            f"(MQTT {self.broker.mqtt_version})"
+            f"broker      {self.broker.program} on {self.broker.address} "
+            f"(MQTT {self.broker.mqtt_version}), started for this demo"
         )
         if self.broker.kind == "amqtt":
             why = "as asked" if self.args.embedded_broker == "amqtt" else "no mosquitto on PATH"
@@ -299,6 +312,7 @@ class Demo:
                 instance_id=_toml(self.instance_id),
             )
         )
+        self.daemon_started = time.monotonic()
         with self.daemon_log.open("wb") as log:
             self.daemon = subprocess.Popen(
                 [sys.executable, "-m", "monitor", "run", "--config", str(config)],
@@ -308,7 +322,10 @@ class Demo:
                 start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        self.say(f"daemon      pid {self.daemon.pid}, model {model}")
+        self.say(
+            f"daemon      pid {self.daemon.pid}, model {model}: loading the model, "
+            "then subscribing (a few seconds)"
+        )
 
     def wait_online(self, opts: ClientOptions) -> None:
         """Subscribe to alerts and scores, then wait for the daemon's retained status: online."""
@@ -333,6 +350,7 @@ class Demo:
                 raise self.daemon_died()
             if time.monotonic() > deadline:
                 raise DemoError(f"the daemon was not online after {DAEMON_START_TIMEOUT:.0f} s")
+        self.say(f"daemon      online after {time.monotonic() - self.daemon_started:.1f} s")
 
     def start_fleet(self, opts: ClientOptions) -> None:
         a = self.args
@@ -388,12 +406,7 @@ class Demo:
             now = time.monotonic()
             if now >= next_status:
                 next_status = now + 5.0
-                print(
-                    f"... {len(self.tally.truth):,} sent, {len(self.tally.scored):,} scored, "
-                    f"{len(self.tally.alerted):,} alerts",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                self.say(self.tally.progress())
             if self.fleet_thread.is_alive():
                 continue
             if drain_deadline is None:
@@ -438,38 +451,49 @@ class Demo:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_client_options(parser, default=None)
-    parser.add_argument(
-        "--duration", type=float, default=30.0, help="seconds of traffic (default 30)"
+    add_client_options(
+        parser, default=None, broker_help="use this MQTT broker (default: start one here)"
     )
-    parser.add_argument("--devices", type=int, default=10, help="simulated devices (default 10)")
-    parser.add_argument("--rate", type=float, default=5.0, help="windows/s per device (default 5)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of traffic")
+    parser.add_argument("--devices", type=int, default=10, help="simulated devices")
+    parser.add_argument("--rate", type=float, default=5.0, help="windows/s per device")
     parser.add_argument(
         "--anomaly-fraction",
         type=float,
         default=0.2,
-        help="share of anomalous windows (default 0.2)",
+        help="share of anomalous windows",
     )
     parser.add_argument(
         "--model",
         type=Path,
         default=DEFAULT_MODEL,
-        help=f"ONNX model (default {DEFAULT_MODEL.name})",
+        help="ONNX model the daemon loads",
     )
-    parser.add_argument("--source", default="synthetic", help="beats: synthetic[:N] or ucr:PATH")
-    parser.add_argument("--seed", type=int, default=2026, help="simulator seed (default 2026)")
-    parser.add_argument("--prefix", default="ecg", help="topic prefix (default ecg)")
+    parser.add_argument(
+        "--source",
+        default="synthetic",
+        help="beats the fleet sends: synthetic[:N] or ucr:PATH (a UCR file with labels)",
+    )
+    parser.add_argument("--seed", type=int, default=2026, help="simulator seed")
+    parser.add_argument("--prefix", default="ecg", help="topic prefix")
     parser.add_argument(
         "--embedded-broker",
         choices=["auto", "mosquitto", "amqtt"],
         default="auto",
-        help="auto: mosquitto from PATH when present, else amqtt",
+        help="broker to start when --broker is not given: auto = mosquitto from PATH when "
+        "present, else amqtt (pure Python, MQTT 3.1.1, no redelivery)",
     )
     parser.add_argument(
-        "--no-live", dest="live", action="store_false", help="do not print each alert"
+        "--no-live",
+        dest="live",
+        action="store_false",
+        help="do not print each alert (the summary only)",
     )
     parser.add_argument(
-        "--ground-truth", type=Path, metavar="FILE", help="also write the ground truth here"
+        "--ground-truth",
+        type=Path,
+        metavar="FILE",
+        help="also write what the fleet sent (CSV: device_id,seq,label,is_anomaly,sent_at)",
     )
     parser.add_argument(
         "--summary-json", type=Path, metavar="FILE", help="also write the summary as JSON"
@@ -506,7 +530,11 @@ def main(args: argparse.Namespace) -> int:
             demo.close()
     if demo.fleet is None:
         return code
-    broker = f"{demo.broker.kind} (embedded)" if demo.broker else str(args.broker)
+    broker = (
+        f"{demo.broker.program}, started by the demo on port {demo.broker.port}"
+        if demo.broker
+        else f"{args.broker} (given with --broker)"
+    )
     summary = Summary.of(
         demo.tally,
         broker=broker,
@@ -515,7 +543,7 @@ def main(args: argparse.Namespace) -> int:
         devices=args.devices,
         interrupted=code == 130,
     )
-    print(summary.render(), flush=True)
+    print(summary.render(), file=sys.stderr, flush=True)
     if args.summary_json is not None:
         args.summary_json.write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return code

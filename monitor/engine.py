@@ -1,13 +1,23 @@
 """ONNX Runtime engine: load a model, check it against the model contract, run one batch.
 
-The provider is chosen by opening a real session and running it: CUDA (with IO binding) when
-it truly loads and runs, CPU otherwise. onnxruntime objects never leave this module.
+The file is parsed and checked on the CPU provider first, so a broken model is reported as
+one, whatever the host. The provider is then chosen by opening a real session and running it:
+CUDA (with IO binding) when it truly loads and runs, CPU otherwise. The CUDA attempt is quiet:
+what onnxruntime prints about a missing GPU library becomes the reason in our own
+`cuda_unavailable` event. onnxruntime objects never leave this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import re
+import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,22 +117,25 @@ def load_model(
         opts.intra_op_num_threads = intra_op_threads
     opts.log_severity_level = 3  # ORT's own fallback warnings are reported by us instead
 
-    session: Any = None
+    # Parse and check on CPU first: a broken file is a broken file, not a CUDA failure.
+    try:
+        cpu_session = ort.InferenceSession(spath, opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
+        raise ModelLoadError(spath, f"onnxruntime cannot load it: {_one_line(e)}") from None
+    _check_contract(spath, cpu_session, "CPUExecutionProvider")
+
+    session: Any = cpu_session
     use_cuda = False
     if provider in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        session, use_cuda, why = _try_cuda(ort, spath, opts)
-        if not use_cuda:
-            if provider == "cuda":
-                raise ModelLoadError(spath, f"provider cuda requested but {why}")
+        cuda_session, why = _try_cuda(spath, opts)
+        if cuda_session is not None:
+            session, use_cuda = cuda_session, True
+        elif provider == "cuda":
+            raise ModelLoadError(spath, f"provider cuda requested but {why}")
+        else:
             log.info("cuda_unavailable", reason=why, path=spath)
-            session = None
     elif provider == "cuda":
         raise ModelLoadError(spath, "provider cuda requested but this onnxruntime has no CUDA")
-    if session is None:
-        try:
-            session = ort.InferenceSession(spath, opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
-            raise ModelLoadError(spath, f"onnxruntime cannot load it: {_one_line(e)}") from None
 
     info = _check_contract(
         spath, session, "CUDAExecutionProvider" if use_cuda else "CPUExecutionProvider"
@@ -135,9 +148,8 @@ def load_model(
             raise
         # CUDA loaded but cannot run this model (memory, kernels): CPU, said out loud
         log.warning("cuda_warmup_failed", reason=e.reason, path=spath)
-        cpu = ort.InferenceSession(spath, opts, providers=["CPUExecutionProvider"])
-        info = _check_contract(spath, cpu, "CPUExecutionProvider")
-        model = Model(cpu, info, io_binding=False)
+        info = _check_contract(spath, cpu_session, "CPUExecutionProvider")
+        model = Model(cpu_session, info, io_binding=False)
         _warm_up(model, warmup_batch)
     log.info(
         "model_loaded",
@@ -152,17 +164,87 @@ def load_model(
     return model
 
 
-def _try_cuda(ort: Any, path: str, opts: Any) -> tuple[Any, bool, str]:
-    """A session on CUDA that really runs there, or the reason it does not."""
+def _try_cuda(path: str, opts: Any) -> tuple[Any, str]:
+    """A session on CUDA that really runs there, or None and the reason it does not.
+
+    onnxruntime reports a missing CUDA library on stderr (in red) before falling back to CPU;
+    with its logging raised to errors-only and stderr captured for the attempt, that text
+    becomes our reason instead.
+    """
+    quiet = ort.SessionOptions()
+    quiet.graph_optimization_level = opts.graph_optimization_level
+    quiet.intra_op_num_threads = opts.intra_op_num_threads
+    quiet.log_severity_level = _ORT_ERROR
+    captured: list[str] = []
     try:
-        session = ort.InferenceSession(
-            path, opts, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
-        )
+        with _ort_default_severity(_ORT_ERROR), _stderr_captured(captured):
+            session = ort.InferenceSession(
+                path, quiet, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+            )
     except Exception as e:
-        return None, False, f"CUDA session failed: {_one_line(e)}"
+        return None, f"CUDA session failed: {_one_line(e)}"
     if "CUDAExecutionProvider" not in session.get_providers():
-        return None, False, "CUDA provider did not load (no GPU or CUDA libraries)"
-    return session, True, ""
+        detail = _ort_reason(captured)
+        return None, "CUDA provider did not load" + (
+            f": {detail}" if detail else " (no GPU or CUDA libraries)"
+        )
+    return session, ""
+
+
+_ORT_WARNING, _ORT_ERROR = 2, 3  # onnxruntime severities; 2 is its default
+_ORT_LINE = re.compile(r"\[[VIWEF]:onnxruntime:")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_stderr_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _ort_default_severity(level: int) -> Iterator[None]:
+    """onnxruntime's process-wide default logger at `level`, back to its default after."""
+    ort.set_default_logger_severity(level)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(_ORT_WARNING)
+
+
+@contextlib.contextmanager
+def _stderr_captured(lines: list[str]) -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file; onnxruntime's lines go into `lines`.
+
+    Anything else written meanwhile (another thread's log line) is written back to stderr
+    afterwards, so nothing is lost, only delayed by the length of the attempt.
+    """
+    with _stderr_lock, tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode(errors="replace")
+    others = []
+    for line in text.splitlines(keepends=True):
+        if _ORT_LINE.search(line) or not _ANSI.sub("", line).strip():
+            lines.append(_ANSI.sub("", line).strip())
+        else:
+            others.append(line)
+    if others:
+        os.write(2, "".join(others).encode())
+
+
+def _ort_reason(lines: list[str]) -> str:
+    """The message of onnxruntime's first error line, without timestamp and source location."""
+    for line in lines:
+        if "[E:onnxruntime:" in line:
+            message = line.split("] ", 1)[-1]
+            return _one_line(Exception(message.rsplit(" : ", 1)[-1]))
+    return ""
 
 
 def _one_line(e: BaseException) -> str:

@@ -12,6 +12,8 @@ RejectCode = Literal[
     "bad_field",
     "too_large",
     "bad_device_id",
+    "out_of_range",
+    "internal_error",
 ]
 
 

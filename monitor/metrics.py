@@ -241,6 +241,19 @@ class Metrics:
         self.reloads = Counter(
             "model_reloads_total", "Model reloads, by result (ok|failed).", labelled=True
         )
+        self.storms = Counter(
+            "alarm_storms_total",
+            "Alarm storms (alert share far above the calibrated false-alarm rate), by scope "
+            "(device|fleet): the model and the data likely do not match.",
+            labelled=True,
+        )
+        self.outputs_refused = Counter(
+            "outputs_refused_total",
+            "Outputs not published because they could not fit the broker's packet limit.",
+        )
+        self.batch_failures = Counter(
+            "batch_failures_total", "Batches whose results could not be handled (a daemon bug)."
+        )
         self.batch_size = Histogram(
             "batch_size", "Windows per inference call.", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 import time
 from collections import deque
@@ -28,9 +29,23 @@ from monitor.errors import MonitorError
 
 log = structlog.get_logger("monitor.mqtt")
 
+SHORT_SESSION_S = 5.0
+FLAPPING_AFTER = 3  # short sessions in a row that name the likely cause
+
 
 class MqttError(MonitorError):
     """The broker refused us, or a publish could not be queued."""
+
+
+def _varint_len(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 16_384 else 3 if n < 2_097_152 else 4
+
+
+def publish_packet_bytes(topic: str, payload_bytes: int, qos: int, v5: bool) -> int:
+    """Size of the PUBLISH packet paho sends: fixed header, topic, packet id (QoS > 0), the
+    MQTT 5 property length (we send no properties) and the payload."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + (1 if v5 else 0) + payload_bytes
+    return 1 + _varint_len(remaining) + remaining
 
 
 OnDone = Callable[[], None] | None
@@ -374,8 +389,10 @@ class MqttBridge:
         will: tuple[str, bytes] | None = None,
         on_message: Callable[[Message], None] | None = None,
         on_online: Callable[[bool], None] | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._on_refused_cb = on_refused
         self.subscription = subscription
         self._on_message_cb = on_message
         self._on_online_cb = on_online
@@ -388,12 +405,17 @@ class MqttBridge:
         self._pending: dict[int, OnDone] = {}
         self._backlog: deque[tuple[bytes, bytes, bool, OnDone]] = deque()  # QoS 1, in order
         self._out_limit = cfg.max_inflight_out  # min(ours, the broker's Receive Maximum)
+        # Largest packet we may send: min(config, the broker's CONNACK Maximum Packet Size).
+        self.max_packet_bytes = cfg.max_packet_bytes
+        self.refused_publishes = 0  # outputs that could not fit the broker's packet limit
         self._online = asyncio.Event()
         self._disconnected = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._misc: asyncio.Task[None] | None = None
         self._first_error: str | None = None
         self._was_online = False  # a CONNACK+SUBACK since the last failure: backoff restarts
+        self._online_at = -math.inf
+        self._short_sessions = 0  # disconnects within SHORT_SESSION_S of getting online, in a row
         self._session_present = False
 
         v5 = cfg.protocol == 5
@@ -533,7 +555,13 @@ class MqttBridge:
 
         At most `max_inflight_out` (or the broker's Receive Maximum) QoS 1 publishes are
         unacknowledged at once; the rest wait here in order. While disconnected paho keeps
-        QoS 1 messages and sends them after reconnecting."""
+        QoS 1 messages and sends them after reconnecting.
+
+        A publish larger than the broker's packet limit is never sent (the broker would drop
+        the connection, and paho would resend it on every reconnect): it is logged, counted
+        and completed. Callers fit their payloads with `max_payload` first."""
+        if self._too_large(topic, payload, qos, on_done):
+            return
         if qos == 0:
             self._send_paho(topic.encode(), payload, 0, retain, on_done)
             return
@@ -544,6 +572,13 @@ class MqttBridge:
     ) -> None:
         """QoS 1 publishes of (topic bytes, payload, on_done), in order, framed into one socket
         write as far as the in-flight limit allows (the rest wait in the backlog)."""
+        limit = self.max_packet_bytes - 16  # header, lengths, packet id: never more than 16
+        if any(len(t) + len(p) > limit for t, p, _ in items):
+            items = [
+                (t, p, d)
+                for t, p, d in items
+                if not self._too_large(t.decode("utf-8", "replace"), p, 1, d)
+            ]
         if self._backlog:
             self._backlog.extend((t, p, retain, d) for t, p, d in items)
             return
@@ -583,6 +618,33 @@ class MqttBridge:
             return
         take = [self._backlog.popleft() for _ in range(min(room, len(self._backlog)))]
         self._send_many(take)
+
+    def _too_large(self, topic: str, payload: bytes, qos: int, on_done: OnDone) -> bool:
+        """Refuse (log, count, complete) a publish over the broker's packet limit."""
+        size = publish_packet_bytes(topic, len(payload), qos, self.cfg.protocol == 5)
+        if size <= self.max_packet_bytes:
+            return False
+        self._refused()
+        log.error(
+            "publish_too_large",
+            topic=topic[:200],
+            packet_bytes=size,
+            max_packet_bytes=self.max_packet_bytes,
+        )
+        if on_done is not None:
+            on_done()
+        return True
+
+    def _refused(self) -> None:
+        self.refused_publishes += 1
+        if self._on_refused_cb is not None:
+            self._on_refused_cb()
+
+    def max_payload(self, topic: str, qos: int = 1) -> int:
+        """The largest payload a publish to `topic` may carry under the broker's packet limit."""
+        empty = publish_packet_bytes(topic, 0, qos, self.cfg.protocol == 5)
+        # the remaining-length field grows with the payload: count it at its largest
+        return self.max_packet_bytes - empty - (_varint_len(self.max_packet_bytes) - 1)
 
     @property
     def unacked_publishes(self) -> int:
@@ -686,10 +748,40 @@ class MqttBridge:
         self._session_present = bool(flags.session_present)
         server_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
         self._out_limit = min(self.cfg.max_inflight_out, int(server_max or 65535))
+        server_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
+        self.max_packet_bytes = min(self.cfg.max_packet_bytes, int(server_packet or 1 << 28))
+        self._drop_oversize_inflight()
         if self.subscription is None:
             self._set_online()
             return
         client.subscribe(self.subscription, qos=self.cfg.qos)
+
+    def _drop_oversize_inflight(self) -> None:
+        """Publishes paho resends after this CONNACK that no longer fit a smaller limit would
+        get us disconnected on every reconnect: complete them here instead (paho calls
+        on_connect before it resends)."""
+        out = getattr(self.client, "_out_messages", None)
+        if not out:
+            return
+        v5 = self.cfg.protocol == 5
+        for mid, m in list(out.items()):
+            size = publish_packet_bytes(m.topic, len(m.payload), m.qos, v5)
+            if size > self.max_packet_bytes:
+                del out[mid]
+                self._refused()
+                log.error(
+                    "publish_too_large",
+                    topic=m.topic[:200],
+                    packet_bytes=size,
+                    max_packet_bytes=self.max_packet_bytes,
+                )
+                on_done = self._pending.pop(mid, None)
+                if on_done is not None:
+                    self._loop.call_soon(on_done)
+        self._loop.call_soon(self._drain_backlog)
+
+    def _drain_backlog(self) -> None:
+        self._refill()
 
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: list[Any], props: Any
@@ -705,6 +797,7 @@ class MqttBridge:
 
     def _set_online(self) -> None:
         self._was_online = True
+        self._online_at = time.monotonic()
         self._online.set()
         if self._on_online_cb is not None:
             self._on_online_cb(self._session_present)
@@ -716,6 +809,18 @@ class MqttBridge:
         self.connected = False
         if not self._closing:
             log.warning("mqtt_disconnected", reason=str(reason), was_connected=was)
+            # Dropped again and again right after getting online: mostly another client with
+            # our client id (mosquitto 2.0.11 gives no reason when it takes a session over).
+            online_for = time.monotonic() - self._online_at
+            self._short_sessions = self._short_sessions + 1 if online_for < SHORT_SESSION_S else 0
+            if "taken over" in str(reason).lower() or self._short_sessions == FLAPPING_AFTER:
+                log.error(
+                    "mqtt_session_taken_over",
+                    client_id=self.cfg.client_id,
+                    reason=str(reason),
+                    hint="another client connects with this client id (with the shipped "
+                    "broker config: the same username); give each instance its own user",
+                )
         self._disconnected.set()
 
     def _on_publish_fast(self, topic: bytes, payload: bytes, qos: int, mid: int) -> None:

@@ -1,5 +1,9 @@
 """Scoring: a window is anomalous when the model's score exceeds the threshold.
 
+A window whose score is not finite (NaN or inf: the model's arithmetic overflowed on it) is
+never anomalous and never "normal": `finite` is False and the daemon rejects it as
+`out_of_range` with its payload.
+
 `peak_index` is where the window deviates most from its reconstruction (argmax of the
 absolute error over what the model compared, i.e. after any preprocessing).
 """
@@ -18,7 +22,8 @@ class Scores:
     """Per-window results of one batch, all arrays of length n."""
 
     score: np.ndarray  # float32
-    anomalous: np.ndarray  # bool
+    anomalous: np.ndarray  # bool: finite and over the threshold
+    finite: np.ndarray  # bool
     peak_index: np.ndarray  # int64
     threshold: float
 
@@ -26,10 +31,13 @@ class Scores:
 def score_batch(inference: Inference, threshold: float) -> Scores:
     """Vectorised: one comparison and one argmax over the whole batch."""
     score = inference.score
-    err = np.abs(inference.inputs - inference.reconstruction)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(inference.inputs - inference.reconstruction)
+    finite = np.isfinite(score)
     return Scores(
         score=score,
-        anomalous=score > np.float32(threshold),
+        anomalous=finite & (score > np.float32(threshold)),
+        finite=finite,
         peak_index=np.argmax(err, axis=1),
         threshold=float(threshold),
     )

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import math
 import signal
 import ssl
 import sys
@@ -30,12 +31,13 @@ from monitor.alerts import AlertEncoder, AlertPolicy, Reject, ScoreReport, Statu
 from monitor.batcher import Batch, Batcher
 from monitor.config import Config, load_config
 from monitor.engine import Inference, Model, load_model
-from monitor.errors import ConfigError, ModelLoadError, MonitorError
+from monitor.errors import ConfigError, ModelLoadError, MonitorError, RejectCode
 from monitor.ingest import Ingest
 from monitor.log import setup_logging
 from monitor.metrics import Metrics, MetricsServer
 from monitor.mqtt import Message, MqttBridge
 from monitor.scorer import Scores, score_batch
+from monitor.storm import Storm, StormGuard, calibrated_fpr
 from monitor.systemd import Notifier
 from monitor.wire import Frame
 
@@ -77,7 +79,15 @@ class Service:
             model.info.window_length,
             cfg.limits.max_payload_bytes,
             cfg.limits.max_windows_per_message,
+            cfg.limits.max_abs_sample,
         )
+        self.storms = StormGuard(
+            calibrated_fpr(model.info.metadata),
+            device_windows=cfg.alerts.storm_windows,
+            fleet_windows=cfg.alerts.storm_fleet_windows,
+            min_share=cfg.alerts.storm_share,
+        )
+        self.storm: Storm | None = None  # the latest, carried in the status
         self.policy = AlertPolicy(cfg.alerts.min_consecutive, cfg.alerts.cooldown_s)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.should_exit = False
@@ -104,7 +114,10 @@ class Service:
 
     def status(self, state: str) -> Status:
         info = self.model.info
-        return Status(state, self.cfg.service.instance_id, info.name, info.version, self.started_at)
+        storm = self.storm.to_dict() if self.storm is not None else None
+        return Status(
+            state, self.cfg.service.instance_id, info.name, info.version, self.started_at, storm
+        )
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -130,6 +143,7 @@ class Service:
                     will=(self.cfg.status_topic, self.status("offline").to_json()),
                     on_message=self._on_message,
                     on_online=self._on_online,
+                    on_refused=self.metrics.outputs_refused.inc,
                 )
             except (ssl.SSLError, OSError, ValueError) as e:  # TLS files paho cannot use
                 raise ConfigError(f"mqtt: {e}") from None
@@ -251,16 +265,9 @@ class Service:
             return  # not acked: the broker redelivers it to the next session
         result = self.ingest(msg.topic, msg.payload, msg.received_at)
         if isinstance(result, Reject):
-            self.metrics.rejected.inc(code=result.code)
-            log.info("rejected", device_id=result.device_id, code=result.code, reason=result.reason)
-            d = Delivery(msg, None, windows_left=0, publishes_left=1)
+            d = Delivery(msg, None, windows_left=0, publishes_left=0)
             self.open_deliveries += 1
-            self.bridge.publish(
-                self.ingest.reject_topic(result),
-                result.to_json(),
-                qos=1,
-                on_done=functools.partial(self._published, d),
-            )
+            self._reject(d, result)
             return
         frame = result
         cap = self.cfg.limits.queue_windows
@@ -274,6 +281,27 @@ class Service:
         self.batcher.put(frame, d)
         if self.batcher.queued >= cap:
             self.bridge.pause_reading()
+
+    def _reject(self, d: Delivery, reject: Reject) -> None:
+        """Publish a reject of d's message (its payload, cut to the broker's packet limit)."""
+        assert self.bridge is not None
+        self.metrics.rejected.inc(code=reject.code)
+        log.info("rejected", device_id=reject.device_id, code=reject.code, reason=reject.reason)
+        topic = self.ingest.reject_topic(reject)
+        self._publish(d, topic, reject.to_json(self.bridge.max_payload(topic)))
+
+    def _publish(self, d: Delivery, topic: str, payload: bytes) -> None:
+        """A QoS 1 output of d's message; d is acknowledged once every output has its PUBACK.
+        Counted only once it is queued, so a failure building or queueing it leaves d whole."""
+        assert self.bridge is not None
+        d.publishes_left += 1
+        try:
+            self.bridge.publish(
+                topic, payload, qos=1, on_done=functools.partial(self._published, d)
+            )
+        except BaseException:
+            d.publishes_left -= 1
+            raise
 
     # ------------------------------------------------------------------ pipeline
 
@@ -304,7 +332,23 @@ class Service:
             except Exception as e:
                 self._fatal(f"inference failed: {type(e).__name__}: {e}")
                 raise
-            self._handle(batch, model, inference)
+            try:
+                self._handle(batch, model, inference)
+            except Exception as e:  # a bug must not stop the pipeline for everyone
+                self._fail_batch(batch, e)
+
+    def _fail_batch(self, batch: Batch[Delivery], error: Exception) -> None:
+        """Reject (internal_error, with the payload) every message this batch leaves open."""
+        self.metrics.batch_failures.inc()
+        log.exception("batch_failed", batch_size=batch.size, error=f"{type(error).__name__}")
+        for seg in batch.segments:
+            d = seg.token
+            if d.windows_left <= 0:
+                continue  # finished before the failure
+            d.windows_left = 0
+            d.scores = None
+            reason = f"the daemon failed on this message ({type(error).__name__}); see its log"
+            self._reject(d, self._reject_of(d, "internal_error", reason))
 
     def _handle(self, batch: Batch[Delivery], model: Model, inference: Inference) -> None:
         assert self.bridge is not None
@@ -317,6 +361,11 @@ class Service:
         m.inference_seconds.observe(inference.seconds)
         now = time.time()
         segments = batch.segments
+        for seg in segments:
+            rows = slice(seg.offset, seg.offset + seg.count)
+            scored, hits_ = int(scores.finite[rows].sum()), int(scores.anomalous[rows].sum())
+            for storm in self.storms.feed(seg.frame.device_id, scored, hits_):
+                self._on_storm(storm)
         alert_mask = scores.anomalous
         if self.policy.active:
             alert_mask = alert_mask.copy()
@@ -335,8 +384,11 @@ class Service:
         )
         for seg in segments:
             d = seg.token
+            rows = slice(seg.offset, seg.offset + seg.count)
             if d.scores is not None:
-                d.scores[seg.start : seg.stop] = scores.score[seg.offset : seg.offset + seg.count]
+                d.scores[seg.start : seg.stop] = scores.score[rows]
+            if not scores.finite[rows].all():
+                self._out_of_range(d, seg.frame, seg.start + np.flatnonzero(~scores.finite[rows]))
             d.windows_left -= seg.count
             if d.windows_left == 0:
                 if d.scores is not None:
@@ -369,7 +421,6 @@ class Service:
             else:
                 ts += [frame.window_ts(r) for r in rows.tolist()]
             received += [d.message.received_at] * k
-            d.publishes_left += k
             if d.on_published is None:
                 d.on_published = functools.partial(self._published, d)
             callbacks += [d.on_published] * k
@@ -395,9 +446,33 @@ class Service:
         self.bridge.publish_many(
             [(topics[dev], p, cb) for dev, p, cb in zip(devices, payloads, callbacks, strict=True)]
         )
+        for lo, hi in zip(bounds.tolist(), [*bounds[1:].tolist(), hits.size], strict=True):
+            # counted once queued, as `_publish` does (a PUBACK can only come on a later read)
+            segments[int(which[lo])].token.publishes_left += hi - lo
         self.metrics.latency_seconds.observe_many(published_at - np.array(received))
         self.metrics.alerts.inc(hits.size)
         log.debug("alerts", count=int(hits.size), first_device=devices[0], first_seq=seqs[0])
+
+    def _out_of_range(self, d: Delivery, frame: Frame, rows: np.ndarray) -> None:
+        """Windows the model scored NaN/inf: neither alert nor normal, so rejected."""
+        seqs = ", ".join(str(frame.seq + int(r)) for r in rows[:8])
+        more = f" and {rows.size - 8} more" if rows.size > 8 else ""
+        reason = f"score not finite (the model overflowed) for window seq {seqs}{more}"
+        self._reject(d, self._reject_of(d, "out_of_range", reason))
+
+    def _reject_of(self, d: Delivery, code: RejectCode, reason: str) -> Reject:
+        device_id = d.frame.device_id if d.frame is not None else ""
+        return Reject(device_id, code, reason, d.message.received_at, d.message.payload)
+
+    def _on_storm(self, storm: Storm) -> None:
+        """Said once per storm: a log line, a metric, and the retained status."""
+        assert self.bridge is not None
+        self.storm = storm
+        self.metrics.storms.inc(scope=storm.scope)
+        log.warning("alarm_storm", **storm.to_dict())
+        self.bridge.publish(
+            self.cfg.status_topic, self.status("online").to_json(), qos=1, retain=True
+        )
 
     def _publish_scores(self, d: Delivery, model: Model, threshold: float) -> None:
         assert self.bridge is not None and d.frame is not None and d.scores is not None
@@ -406,20 +481,16 @@ class Service:
             device_id=frame.device_id,
             seq=frame.seq,
             ts=frame.ts,
-            scores=tuple(d.scores.tolist()),
+            scores=tuple(s if math.isfinite(s) else None for s in d.scores.tolist()),
             threshold=threshold,
             model=model.info.name,
             model_version=model.info.version,
             received_at=d.message.received_at,
             published_at=time.time(),
         )
-        d.publishes_left += 1
-        self.bridge.publish(
-            f"{self._prefix}/{frame.device_id}/score",
-            report.to_json(),
-            qos=1,
-            on_done=functools.partial(self._published, d),
-        )
+        topic = f"{self._prefix}/{frame.device_id}/score"
+        for part in report.parts(self.bridge.max_payload(topic), frame.window_ts):
+            self._publish(d, topic, part)
 
     def _published(self, d: Delivery) -> None:
         d.publishes_left -= 1
@@ -479,6 +550,7 @@ class Service:
             self._reloading = False
             self.notifier.ready()
         self.model = new
+        self.storms.fpr = calibrated_fpr(new.info.metadata)
         self.metrics.reloads.inc(result="ok")
         self.metrics.set_model(new.info.name, new.info.version, new.info.provider)
         log.info(

@@ -309,12 +309,12 @@ class Fleet:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_client_options(parser)
-    parser.add_argument("--devices", type=int, default=10, help="number of devices (default 10)")
+    parser.add_argument("--devices", type=int, default=10, help="number of devices")
     parser.add_argument(
         "--rate",
         type=float,
         default=1.0,
-        help="windows/s per device, with beat-to-beat jitter; 0 = as fast as possible (default 1)",
+        help="windows/s per device, with beat-to-beat jitter; 0 = as fast as possible",
     )
     parser.add_argument(
         "--anomaly-fraction",
@@ -334,13 +334,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--windows-per-message", type=int, default=1, metavar="K", help="windows per message"
     )
-    parser.add_argument(
-        "--qos", type=int, choices=[0, 1], default=1, help="publish QoS (default 1)"
-    )
+    parser.add_argument("--qos", type=int, choices=[0, 1], default=1, help="publish QoS")
     stop = parser.add_mutually_exclusive_group()
-    stop.add_argument("--duration", type=float, help="stop after this many seconds")
+    stop.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)"
+    )
     stop.add_argument("--count", type=int, help="stop after this many windows per device")
-    parser.add_argument("--prefix", default="ecg", help="topic prefix (default ecg)")
+    parser.add_argument("--prefix", default="ecg", help="topic prefix")
     parser.add_argument(
         "--device-prefix", default="sim-", help="device ids are PREFIX0000, PREFIX0001, ..."
     )

@@ -25,6 +25,11 @@ HEADER = struct.Struct("<4sHHIQdf")
 DEVICE_ID_RE: re.Pattern[str] = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
 
 U64_MAX = (1 << 64) - 1
+F32_MAX = float(np.finfo(np.float32).max)
+# Default bound on |sample|: far above any ECG in z-scores (ECG5000: |x| < ~10), millivolts
+# (|x| < ~20), microvolts or 16-bit/typical 24-bit ADC counts, and far below where float32
+# arithmetic in a model (sums over a window, squares in a z-score) overflows.
+MAX_ABS_SAMPLE = 1e6
 _F32_LE = np.dtype("<f4")
 
 
@@ -107,16 +112,30 @@ def decode(
     window_length: int,
     max_bytes: int = 1 << 20,
     max_windows: int = 4096,
+    max_abs: float = F32_MAX,
 ) -> Frame:
-    """Decode and validate one message; raises PayloadError with the reject code."""
+    """Decode and validate one message; raises PayloadError with the reject code.
+
+    `max_abs`: samples beyond +-max_abs are `out_of_range` (finite windows a model can only
+    score with an overflowing, meaningless score; the daemon passes `MAX_ABS_SAMPLE` or its
+    configured bound)."""
     if len(payload) > max_bytes:
         raise PayloadError("too_large", f"{len(payload)} bytes > limit {max_bytes}")
     check_device_id(device_id)
     if not isinstance(payload, bytes):
         payload = bytes(payload)  # a read-only buffer the returned samples can share
     if payload[:4] == MAGIC:
-        return _decode_binary(payload, device_id, window_length, max_windows)
-    return _decode_json(payload, device_id, window_length, max_windows)
+        frame = _decode_binary(payload, device_id, window_length, max_windows)
+    else:
+        frame = _decode_json(payload, device_id, window_length, max_windows)
+    peak = float(np.abs(frame.samples).max())
+    if peak > max_abs:
+        raise PayloadError(
+            "out_of_range", f"a sample of magnitude {peak:.3g} exceeds the bound {max_abs:.3g}"
+        )
+    if not math.isfinite(frame.window_ts(frame.count - 1)):
+        raise PayloadError("bad_field", f"fs {frame.fs} is so small that window times overflow")
+    return frame
 
 
 def _decode_binary(payload: bytes, device_id: str, window_length: int, max_windows: int) -> Frame:

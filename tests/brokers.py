@@ -102,3 +102,33 @@ class Mosquitto:
     def log(self) -> str:
         path = self.data_dir / "mosquitto.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+SHIPPED_CONF = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "ecg.conf"
+_LIMIT_KEYS = (
+    "max_packet_size",
+    "max_inflight_messages",
+    "max_inflight_bytes",
+    "max_queued_messages",
+    "max_queued_bytes",
+    "use_username_as_clientid",
+)
+
+
+def shipped_limits() -> dict[str, str]:
+    """The limits the shipped deploy/mosquitto/ecg.conf sets (packet size, in-flight, queues)."""
+    out: dict[str, str] = {}
+    for line in SHIPPED_CONF.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key in _LIMIT_KEYS:
+            out[key] = value.strip()
+    assert "max_packet_size" in out, "the shipped broker config no longer sets max_packet_size"
+    return out
+
+
+def shipped_limits_config() -> str:
+    """An anonymous plain broker (any device id may publish) with the shipped limits."""
+    limits = shipped_limits()
+    limits.pop("use_username_as_clientid", None)  # anonymous clients have no username
+    lines = [line for line in BASE_CONFIG.splitlines() if line.partition(" ")[0] not in limits]
+    return "\n".join([*lines, *(f"{k} {v}" for k, v in limits.items())]) + "\n"

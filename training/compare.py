@@ -355,24 +355,55 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="data spec: ucr:PATH or synthetic[:N]")
-    parser.add_argument("--variants", default="all", help="all, or comma-separated variant names")
+    parser.add_argument(
+        "--variants", default="all", help="all, or variant names separated by commas"
+    )
     parser.add_argument("--out", required=True, type=Path, help="report folder")
-    parser.add_argument("--epochs", type=int, default=None, help="override each variant's epochs")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--latent-dim", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--fpr", type=float, default=None, help="false-alarm budget (0.01)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="override each variant's epochs (default: each variant's recipe, as for fit)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="override each variant's batch size"
+    )
+    parser.add_argument(
+        "--latent-dim", type=int, default=None, help="override each variant's code size"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="override each variant's learning rate"
+    )
+    parser.add_argument(
+        "--fpr",
+        type=float,
+        default=None,
+        help="share of normal beats allowed to alarm (default: the recipes', 0.01)",
+    )
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the split and the training")
     parser.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
-        "--timing-seconds", type=float, default=2.0, help="length of each throughput loop"
+        "--timing-seconds",
+        type=float,
+        default=2.0,
+        help="seconds of each ONNX Runtime throughput measurement",
     )
     parser.add_argument(
-        "--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)"
+        "--ort-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads, 0 = ONNX Runtime's choice",
     )
-    parser.add_argument("--protocol", default="auto", choices=("auto", "seed", "ucr"))
+    parser.add_argument(
+        "--protocol",
+        default="auto",
+        choices=("auto", "seed", "ucr"),
+        help="how to split the data, as for fit",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

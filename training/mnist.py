@@ -342,11 +342,13 @@ def run_denoise(args: argparse.Namespace) -> dict[str, Any]:
 def _common(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--data", required=True, help="mnist:DIR holding the IDX files (.gz or raw)")
     p.add_argument("--out", required=True, type=Path, help="folder for figures and summary.json")
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs per model")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the split and the training")
     p.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads")
     p.add_argument("--train-size", type=int, default=8000, help="images to train on")
     p.add_argument("--test-size", type=int, default=2000, help="held-out images to score")
@@ -354,23 +356,39 @@ def _common(p: argparse.ArgumentParser, epochs: int) -> None:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="study", required=True, metavar="STUDY")
-    sweep = sub.add_parser("sweep", help="vanilla dense autoencoder over several latent sizes")
+    sweep = sub.add_parser(
+        "sweep",
+        help="vanilla dense autoencoder over several latent sizes",
+        description="Train the plain dense autoencoder once per latent size and draw its "
+        "reconstructions and the error against the latent size.",
+    )
     _common(sweep, epochs=20)
     sweep.add_argument(
         "--latent-dims",
         type=_parse_ints,
         default=list(DEFAULT_LATENT_DIMS),
-        help="comma-separated latent sizes (default 2,4,8,16,32,64)",
+        help="latent sizes to try, separated by commas",
     )
-    denoise = sub.add_parser("denoise", help="denoising autoencoder per noise model")
+    denoise = sub.add_parser(
+        "denoise",
+        help="denoising autoencoder per noise model",
+        description="Train a denoising autoencoder per noise model and draw noisy inputs next "
+        "to their reconstructions.",
+    )
     _common(denoise, epochs=20)
     denoise.add_argument(
-        "--noise", type=_parse_noise, default=list(NOISE_MODELS), help="gaussian,speckle"
+        "--noise",
+        type=_parse_noise,
+        default=list(NOISE_MODELS),
+        help="noise models, separated by commas: gaussian, speckle",
     )
     denoise.add_argument(
-        "--sigma", type=_parse_floats, default=[0.5], help="noise scale, one or one per model"
+        "--sigma",
+        type=_parse_floats,
+        default=[0.5],
+        help="noise scale: one value, or one per noise model",
     )
-    denoise.add_argument("--latent-dim", type=int, default=32)
+    denoise.add_argument("--latent-dim", type=int, default=32, help="code size")
 
 
 def main(args: argparse.Namespace) -> int:

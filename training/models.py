@@ -7,6 +7,8 @@ ECG) inside `forward`, and returns the clean reconstruction of the preprocessed 
 
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -73,6 +75,11 @@ class Autoencoder(nn.Module):
         }
 
 
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise TrainingError(f"{name} must be >= 0, got {value}")
+
+
 # ---------------------------------------------------------------- dense family
 
 
@@ -92,6 +99,8 @@ class DenseAutoencoder(Autoencoder):
         output: str = "linear",
     ) -> None:
         super().__init__(input_dim, latent_dim, zscore=zscore)
+        if hidden < 0:
+            raise TrainingError(f"hidden must be >= 0 (0 = automatic), got {hidden}")
         hidden = int(hidden) or (128 if input_dim <= 256 else 256)
         if output not in ("linear", "sigmoid"):
             raise TrainingError(f"output must be 'linear' or 'sigmoid', got {output!r}")
@@ -136,6 +145,7 @@ class SparseL1Autoencoder(DenseAutoencoder):
 
     def __init__(self, input_dim: int, latent_dim: int, *, l1: float = 0.05, **kw: Any) -> None:
         super().__init__(input_dim, latent_dim, **kw)
+        _non_negative("l1", l1)
         self.l1 = float(l1)
         self.options["l1"] = self.l1
 
@@ -161,6 +171,7 @@ class SparseKLAutoencoder(DenseAutoencoder):
         super().__init__(input_dim, latent_dim, **kw)
         if not 0.0 < rho < 1.0:
             raise TrainingError(f"sparsity target rho must be in (0, 1), got {rho}")
+        _non_negative("beta", beta)
         self.rho, self.beta = float(rho), float(beta)
         self.options.update(rho=self.rho, beta=self.beta)
 
@@ -175,6 +186,7 @@ class ContractiveAutoencoder(DenseAutoencoder):
 
     def __init__(self, input_dim: int, latent_dim: int, *, lam: float = 0.01, **kw: Any) -> None:
         super().__init__(input_dim, latent_dim, **kw)
+        _non_negative("lam", lam)
         self.lam = float(lam)
         self.options["lam"] = self.lam
 
@@ -211,6 +223,7 @@ class DenoisingAutoencoder(DenseAutoencoder):
         super().__init__(input_dim, latent_dim, **kw)
         if noise not in ("gaussian", "speckle"):
             raise TrainingError(f"noise must be 'gaussian' or 'speckle', got {noise!r}")
+        _non_negative("sigma", sigma)
         self.noise, self.sigma = noise, float(sigma)
         self.options.update(noise=noise, sigma=self.sigma)
 
@@ -226,6 +239,7 @@ class VariationalAutoencoder(DenseAutoencoder):
 
     def __init__(self, input_dim: int, latent_dim: int, *, beta: float = 1.0, **kw: Any) -> None:
         super().__init__(input_dim, latent_dim, **kw)
+        _non_negative("beta", beta)
         self.beta = float(beta)
         self.options["beta"] = self.beta
         self.enc_logvar = nn.Linear(self.enc1.out_features, latent_dim)
@@ -299,15 +313,58 @@ MODELS: dict[str, type[Autoencoder]] = {
 }
 
 
-def build_model(variant: str, input_dim: int, latent_dim: int, **options: Any) -> Autoencoder:
-    """Instantiate a registered variant; unknown variants and options are a TrainingError."""
-    cls = MODELS.get(variant)
+def variant_options(variant: str) -> dict[str, type]:
+    """The options a variant takes (keyword arguments of its constructors), with their types."""
+    cls = MODELS.get(variant) if isinstance(variant, str) else None
     if cls is None:
         raise TrainingError(f"unknown variant {variant!r} (expected one of {', '.join(MODELS)})")
-    try:
-        return cls(input_dim, latent_dim, **options)
-    except TypeError as exc:
-        raise TrainingError(f"bad options for variant {variant!r}: {exc}") from None
+    options: dict[str, type] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        for p in params:
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty:
+                options.setdefault(p.name, type(p.default))
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            break  # this constructor passes nothing further up
+    return options
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+def check_options(variant: str, options: Any) -> None:
+    """TrainingError naming the option unless every option is one the variant takes, typed."""
+    if not isinstance(options, dict):
+        raise TrainingError(f"options must be a table of KEY = VALUE, got {options!r}")
+    allowed = variant_options(variant)
+    for key, value in options.items():
+        kind = allowed.get(key)
+        if kind is None:
+            raise TrainingError(
+                f"bad options for variant {variant!r}: unknown option {key!r} "
+                f"(it takes {', '.join(sorted(allowed))})"
+            )
+        if kind is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = ok and math.isfinite(value)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise TrainingError(
+                f"bad options for variant {variant!r}: {key} must be "
+                f"{_KINDS.get(kind, kind.__name__)}, got {value!r}"
+            )
+
+
+def build_model(variant: str, input_dim: int, latent_dim: int, **options: Any) -> Autoencoder:
+    """Instantiate a registered variant; unknown variants and options are a TrainingError."""
+    check_options(variant, options)
+    return MODELS[variant](input_dim, latent_dim, **options)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,7 +17,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from training.errors import TrainingError
-from training.evaluate import roc_curve_points
+from training.metrics import roc_curve_points
 
 DPI = 100
 NORMAL_COLOUR = "tab:blue"

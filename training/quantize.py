@@ -27,7 +27,7 @@ from monitor.beats import zscore
 from training.calibrate import calibrate
 from training.data import Dataset, load_dataset
 from training.errors import TrainingError
-from training.evaluate import roc_auc
+from training.metrics import roc_auc
 
 MAX_AUC_DROP = 0.002
 TIMING_BATCH = 256
@@ -252,7 +252,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="exported fp32 .onnx")
     parser.add_argument("--data", required=True, help="data spec with held-out test windows")
     parser.add_argument("--out", type=Path, required=True, help="where the int8 .onnx goes")
-    parser.add_argument("--max-auc-drop", type=float, default=MAX_AUC_DROP)
+    parser.add_argument(
+        "--max-auc-drop",
+        type=float,
+        default=MAX_AUC_DROP,
+        help="largest held-out ROC AUC loss that still writes the int8 file",
+    )
     parser.add_argument("--json", type=Path, help="write the report as JSON")
 
 

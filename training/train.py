@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import random
+import sys
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -27,7 +29,7 @@ from training.data import PROTOCOLS, Dataset, load_dataset
 from training.detector import CALIBRATION, CHECKPOINT, Detector, resolve_device
 from training.errors import TrainingError
 from training.evaluate import evaluate_run
-from training.models import MODELS, Autoencoder, build_model, count_parameters
+from training.models import MODELS, Autoencoder, build_model, check_options, count_parameters
 
 # Sound defaults per variant (the same recipes live in configs/train-<variant>.toml).
 RECIPES: dict[str, dict[str, Any]] = {
@@ -85,12 +87,15 @@ class FitConfig:
     calibration: str = "auto"  # "quantile", "lognormal" or "auto" (see training.calibrate)
 
     def __post_init__(self) -> None:
+        # Types first (a recipe file can hold anything TOML can), then ranges.
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
         if self.variant not in MODELS:
             raise TrainingError(
                 f"unknown variant {self.variant!r} (expected one of {', '.join(MODELS)})"
             )
         for name in ("latent_dim", "epochs", "batch_size", "patience"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise TrainingError(f"lr must be > 0, got {self.lr}")
@@ -99,19 +104,40 @@ class FitConfig:
         if self.schedule not in SCHEDULES:
             raise TrainingError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.calibration not in METHODS:
-            raise TrainingError(f"calibration must be one of {list(METHODS)}")
+            raise TrainingError(
+                f"calibration must be one of {list(METHODS)}, got {self.calibration!r}"
+            )
         if self.grad_clip < 0:
             raise TrainingError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        check_options(self.variant, self.options)
 
     @classmethod
     def for_variant(cls, variant: str, **overrides: Any) -> FitConfig:
         """The variant's recipe from RECIPES with any field overridden."""
-        if variant not in RECIPES:
+        if not isinstance(variant, str) or variant not in RECIPES:
             raise TrainingError(
                 f"unknown variant {variant!r} (expected one of {', '.join(MODELS)})"
             )
         values = {**RECIPES[variant], **{k: v for k, v in overrides.items() if v is not None}}
         return cls(variant=variant, **values)
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    """TrainingError unless `value` fits the FitConfig field's annotation (a string here)."""
+    kind = str(annotation).split("[")[0]
+    if kind == "int":
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif kind == "float":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok, what = ok and math.isfinite(value), "a finite number"
+    elif kind == "str":
+        ok, what = isinstance(value, str), "a string"
+    elif kind == "dict":
+        ok, what = isinstance(value, dict), "a table of KEY = VALUE"
+    else:  # a new field type: teach this function about it
+        raise TypeError(f"FitConfig.{name}: unchecked type {annotation}")
+    if not ok:
+        raise TrainingError(f"{name} must be {what}, got {value!r}")
 
 
 def _seed_everything(seed: int) -> None:
@@ -128,6 +154,13 @@ def _mean_val_loss(model: Autoencoder, x: torch.Tensor, batch: int = 512) -> flo
             scores, _ = model.score(x[i : i + batch])
             total += float(scores.sum())
     return total / x.shape[0]
+
+
+def early_stop_line(epoch: int, patience: int, best_val: float, best_epoch: int) -> str:
+    return (
+        f"early stop at epoch {epoch}: validation loss did not improve for {patience} "
+        f"epochs; best {best_val:.4g} at epoch {best_epoch} (its weights are kept)"
+    )
 
 
 def fit(
@@ -155,8 +188,9 @@ def fit(
     history: dict[str, list[float]] = {"train": [], "train_total": [], "val": []}
     best_val, best_epoch, best_state = float("inf"), 0, copy.deepcopy(model.state_dict())
     started = time.monotonic()
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"fit {cfg.variant}", disable=not progress)
-    for epoch in bar:
+    stopped_early = False
+    bar = tqdm(total=cfg.epochs, desc=f"fit {cfg.variant}", unit="epoch", disable=not progress)
+    for epoch in range(1, cfg.epochs + 1):
         model.train()
         order = torch.randperm(train_x.shape[0], generator=shuffle).to(device)
         total_sum = rec_sum = 0.0
@@ -181,8 +215,17 @@ def fit(
             best_val, best_epoch = val, epoch
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(train=f"{history['train'][-1]:.2f}", val=f"{val:.2f}", best=best_epoch)
+        bar.update(1)  # counted here, so a stopped bar shows the epoch that stopped it
         if epoch - best_epoch >= cfg.patience:
+            stopped_early = True
             break
+    bar.close()
+    if stopped_early and progress:  # else the bar stays at "53 % 160/300" with no reason
+        print(
+            early_stop_line(len(history["val"]), cfg.patience, best_val, best_epoch),
+            file=sys.stderr,
+            flush=True,
+        )
     model.load_state_dict(best_state)
     model.eval()
     seconds = time.monotonic() - started
@@ -199,6 +242,7 @@ def fit(
         "best_val_loss": best_val,
         "best_epoch": best_epoch,
         "epochs_run": len(history["val"]),
+        "stopped_early": stopped_early,
         "train_seconds": round(seconds, 2),
         "parameters": count_parameters(model),
         "device": str(device),
@@ -252,6 +296,8 @@ def read_recipe(path: Path) -> dict[str, Any]:
     unknown = sorted(set(recipe) - set(CONFIG_KEYS))
     if unknown:
         raise TrainingError(f"{path}: unknown recipe keys {unknown} (allowed: {CONFIG_KEYS})")
+    if not isinstance(recipe.get("options", {}), dict):
+        raise TrainingError(f"{path}: options must be a table ([options] with KEY = VALUE lines)")
     return recipe
 
 
@@ -262,35 +308,109 @@ def default_threads() -> int:
     return 1
 
 
+def recipe_default(key: str) -> str:
+    """What a fit flag defaults to: the recipes' value, naming the variants that differ."""
+    fallback = {f.name: f.default for f in fields(FitConfig)}.get(key)
+    values = {variant: recipe.get(key, fallback) for variant, recipe in RECIPES.items()}
+    common = max(values.values(), key=list(values.values()).count)
+    others = ", ".join(
+        f"{v} {x:g}" if isinstance(x, float) else f"{v} {x}"
+        for v, x in values.items()
+        if x != common
+    )
+    shown = f"{common:g}" if isinstance(common, float) else str(common)
+    return f"(default: the recipe's, {shown}" + (f"; {others})" if others else ")")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", choices=sorted(MODELS), help="model variant")
-    parser.add_argument("--data", required=True, help="ucr:PATH | synthetic[:N] | mnist:DIR")
-    parser.add_argument("--out", type=Path, help="run directory (default runs/VARIANT-DATA-TIME)")
-    parser.add_argument("--config", type=Path, help="TOML recipe (CLI flags override it)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--latent-dim", type=int, help="code size (LSTM: embedding E)")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    parser.add_argument("--fpr", type=float, help="target false-alarm rate for the threshold")
-    parser.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    parser.add_argument(
+        "--variant", choices=sorted(MODELS), help="model variant (or name it in --config)"
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="data: ucr:PATH (ECG5000 file or folder), synthetic[:N] (N generated beats), "
+        "mnist:DIR",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="run directory to write (default: runs/VARIANT-DATA-TIME)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="RECIPE",
+        help="TOML training recipe, e.g. configs/train-dense.toml; flags override it",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help=f"epochs at most; early stopping may end sooner {recipe_default('epochs')}",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help=f"windows per step {recipe_default('batch_size')}"
+    )
+    parser.add_argument(
+        "--latent-dim",
+        type=int,
+        help=f"code size; for lstm the embedding size {recipe_default('latent_dim')}",
+    )
+    parser.add_argument("--lr", type=float, help=f"Adam learning rate {recipe_default('lr')}")
+    parser.add_argument(
+        "--patience",
+        type=int,
+        help="stop after this many epochs without a better validation loss "
+        + recipe_default("patience"),
+    )
+    parser.add_argument(
+        "--fpr",
+        type=float,
+        help="share of normal beats allowed to alarm; sets the threshold " + recipe_default("fpr"),
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help=f"learning-rate schedule {recipe_default('schedule')}",
+    )
     parser.add_argument(
         "--calibration",
         choices=sorted(METHODS),
-        help="threshold method (default auto: quantile when n·fpr ≥ 5, else lognormal)",
+        help="threshold method; auto = quantile when there are enough normal validation "
+        "beats (n·fpr ≥ 5), else a log-normal fit (default: auto)",
     )
-    parser.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--grad-clip",
+        type=float,
+        help=f"largest gradient norm, 0 = no clipping {recipe_default('grad_clip')}",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where to train; auto = CUDA when torch sees a GPU",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the split and the training")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="auto")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="auto",
+        help="how to split the data: seed (85/10/5 of normal beats), ucr (TRAIN/TEST files), "
+        "auto (ucr when both files are there)",
+    )
     parser.add_argument(
         "--option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="variant option, e.g. l1=0.05, sigma=0.2, noise=speckle, hidden=128",
+        help="variant option, repeatable; with their defaults: hidden=0 (dense family; 0 = "
+        "128 for ECG beats), l1=0.05 (sparse-l1), rho=0.05 beta=1.0 (sparse-kl), lam=0.01 "
+        "(contractive), noise=gaussian|speckle sigma=0.2 (denoising), beta=1.0 (vae)",
     )
-    parser.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        help="torch CPU threads (more rarely help these small models)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
@@ -301,9 +421,13 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
     if variant is None:
         raise TrainingError("no variant: pass --variant or a --config recipe that names one")
     options = {**recipe.get("options", {}), **parse_options(args.option)}
-    base = FitConfig.for_variant(
-        variant, **{k: v for k, v in recipe.items() if k not in ("variant", "options")}
-    )
+    try:
+        base = FitConfig.for_variant(
+            variant, **{k: v for k, v in recipe.items() if k not in ("variant", "options")}
+        )
+        check_options(variant, recipe.get("options", {}))
+    except TrainingError as exc:
+        raise TrainingError(f"{args.config}: {exc}" if args.config else str(exc)) from None
     overrides = {
         f.name: getattr(args, f.name)
         for f in fields(FitConfig)

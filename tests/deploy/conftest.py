@@ -27,6 +27,7 @@ USERS = {
     "d1": "pw-d1",
     "d2": "pw-d2",
     "ecg-monitor": "pw-monitor",
+    "ecg-monitor-2": "pw-monitor-2",
     "alerts": "pw-alerts",
     "ops": "pw-ops",
 }

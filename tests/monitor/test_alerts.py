@@ -79,3 +79,40 @@ def test_cooldown_suppresses_repeats_of_one_device() -> None:
 def test_policy_arguments_are_checked() -> None:
     with pytest.raises(ValueError):
         AlertPolicy(min_consecutive=0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 100, 786_000, 1 << 20])
+@pytest.mark.parametrize("limit", [300, 4096, 1 << 20])
+def test_reject_is_cut_to_fit_and_says_so(size: int, limit: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    r = Reject('dev-é"', "too_large", "reason", 1.5, payload)
+    out = r.to_json(limit)
+    obj = json.loads(out)
+    copy = base64.b64decode(obj["payload_b64"])
+    full = len(r.to_json())
+    if full <= limit:
+        assert out == r.to_json() and copy == payload and "truncated" not in obj
+    else:
+        assert len(out) <= limit
+        assert obj["truncated"] is True and obj["payload_bytes"] == size
+        assert payload.startswith(copy)
+        assert len(out) > limit - 8  # as much of the payload as fits (base64: 4 per 3 bytes)
+
+
+def test_score_report_splits_into_consecutive_parts_that_fit() -> None:
+    scores = tuple(float(i) + 0.123456789 for i in range(1000))
+    report = ScoreReport("d1", 50, 100.0, (*scores[:-1], None), 26.0, "m", "v", 1.0, 2.0)
+    whole = report.parts(1 << 20, lambda i: 100.0 + i)
+    assert whole == [report.to_json()]
+    parts = [json.loads(p) for p in report.parts(2000, lambda i: 100.0 + i)]
+    assert len(parts) > 1 and all(len(json.dumps(p, separators=(",", ":"))) <= 2000 for p in parts)
+    seqs = [p["seq"] + i for p in parts for i in range(p["count"])]
+    assert seqs == list(range(50, 1050))
+    assert all(p["ts"] == 100.0 + (p["seq"] - 50) for p in parts)
+    assert [s for p in parts for s in p["scores"]] == [*scores[:-1], None]
+
+
+def test_status_carries_an_alarm_storm_only_when_there_was_one() -> None:
+    assert "alarm_storm" not in json.loads(Status("online", "i", "m", "v", 1.0).to_json())
+    storm = {"scope": "fleet", "likely_cause": "model and data do not match"}
+    assert json.loads(Status("online", "i", "m", "v", 1.0, storm).to_json())["alarm_storm"] == storm

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -116,3 +118,150 @@ def test_batch_sizes_auto_by_provider_and_explicit_values_win(tmp_path: Path) ->
     assert fixed.for_provider("CUDAExecutionProvider").max_batch == 256
     with pytest.raises(ConfigError, match="max_batch must be an integer"):
         build_config({"batch": {"max_batch": "big"}}, base_dir=tmp_path, env={})
+
+
+# Every key of every section with a value of the wrong type and one out of range: each is an
+# error with a one-line reason naming the key. (Paths that must exist are covered above.)
+BAD_VALUES: dict[str, dict[str, list[object]]] = {
+    "mqtt": {
+        "host": [1, ""],
+        "port": ["1883", 0],
+        "protocol": [5.0, 3],
+        "client_id": [1, "x" * 257, "a\nb"],
+        "username": [1, "u" * 257],
+        "password_file": [1, "no-such-file"],
+        "password_env": [1, "NOPE_NOT_SET"],
+        "tls": ["yes"],
+        "ca_file": [1, "no-such.crt"],
+        "cert_file": [1, "no-such.crt"],
+        "key_file": [1, "no-such.key"],
+        "topic_prefix": [1, "", "a/b", "a+"],
+        "share_group": [1, "a/b"],
+        "qos": [True, 2],
+        "session_expiry_s": [1.5, -1, 1 << 32],
+        "receive_maximum": ["many", 0, 65536],
+        "max_inflight_out": [1.0, 0, 65536],
+        "max_packet_bytes": ["1M", 1023, 268_435_456],
+        "keepalive_s": [30.0, 4, 65536],
+        "reconnect_min_s": ["x", 0, math.inf, math.nan],
+        "reconnect_max_s": ["x", -1.0, math.inf],
+    },
+    "model": {
+        "path": [1, ""],
+        "threshold": ["high", math.inf],
+        "provider": [1, "tpu"],
+        "intra_op_threads": [1.0, -1, 1025],
+        "graph_optimization": [1, "max"],
+        "watch_s": ["x", -1, math.inf, math.nan],
+    },
+    "batch": {
+        "max_batch": [1.5, 0, 65537],
+        "max_wait_ms": ["x", -1, math.inf, 60_001],
+        "pipeline_depth": [1.0, 0, 65],
+    },
+    "alerts": {
+        "min_consecutive": [1.0, 0, 1_000_001],
+        "cooldown_s": ["x", -1, math.inf],
+        "publish_scores": [1],
+        "storm_windows": [1.0, -1, 1_000_001],
+        "storm_fleet_windows": ["x", -1, 10_000_001],
+        "storm_share": ["x", 0, 1.5, math.nan],
+    },
+    "limits": {
+        "max_payload_bytes": [1.0, 63, 268_435_456],
+        "max_windows_per_message": ["x", 0, 65536],
+        "queue_windows": [1.0, 10, 10_000_001],
+        "max_abs_sample": ["x", 0, -1.0, 1e39, math.inf],
+    },
+    "metrics": {"host": [1], "port": ["9100", -1, 65536]},
+    "service": {
+        "instance_id": [1, "a/b", "i" * 129],
+        "drain_timeout_s": ["x", 0, math.inf, 3601],
+        "log_format": [1, "xml"],
+        "log_level": [1, "trace"],
+    },
+}
+
+
+def test_the_bad_value_table_covers_every_key() -> None:
+    for section in dataclasses.fields(Config):
+        names = {f.name for f in dataclasses.fields(getattr(Config(), section.name))}
+        assert set(BAD_VALUES[section.name]) == names - {"password"}, section.name
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [(s, k, v) for s, keys in BAD_VALUES.items() for k, values in keys.items() for v in values],
+)
+def test_a_bad_value_for_any_key_is_one_line_naming_it(
+    tmp_path: Path, section: str, key: str, value: object
+) -> None:
+    raw: dict[str, dict[str, object]] = {section: {key: value}}
+    if key == "password_file" and isinstance(value, str):
+        raw["mqtt"]["username"] = "u"
+    if section == "metrics" and key == "host":
+        raw["metrics"]["port"] = 9100
+    with pytest.raises(ConfigError) as err:
+        build_config(raw, base_dir=tmp_path, env={})
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{section}.{key}" in message or key in message, message
+
+
+def _every_key() -> list[tuple[str, str, object]]:
+    defaults = Config()
+    return [
+        (section.name, f.name, getattr(getattr(defaults, section.name), f.name))
+        for section in dataclasses.fields(Config)
+        for f in dataclasses.fields(getattr(defaults, section.name))
+        if f.name != "password"
+    ]
+
+
+def _wrong_type(default: object) -> object:
+    if isinstance(default, bool):
+        return "yes"
+    if isinstance(default, int | float):
+        return "1"
+    return 5
+
+
+@pytest.mark.parametrize(("section", "key", "default"), _every_key())
+def test_a_value_of_the_wrong_type_for_any_key_is_one_line_naming_it(
+    section: str, key: str, default: object
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({section: {key: _wrong_type(default)}}, env={})
+    assert str(err.value).startswith(f"{section}.{key} must be "), err.value
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), [(s, k) for s, k, d in _every_key() if isinstance(d, float)]
+)
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_non_finite_numbers_are_refused_except_the_documented_nan(
+    section: str, key: str, value: float
+) -> None:
+    if (section, key) == ("model", "threshold") and math.isnan(value):
+        assert build_config({section: {key: value}}, env={}).model.threshold_override is None
+        return
+    with pytest.raises(ConfigError, match=rf"{section}\.{key} must be (a )?finite"):
+        build_config({section: {key: value}}, env={})
+
+
+def test_a_bad_config_stops_the_daemon_with_one_line_and_exit_3(tmp_path: Path) -> None:
+    config = tmp_path / "monitor.toml"
+    config.write_text('[batch]\nmax_wait_ms = "soon"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 3
+    assert done.stderr.strip().splitlines() == [
+        "ecg-monitor: bad config: batch.max_wait_ms must be a number, not 'soon'"
+    ]

@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,8 +15,13 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import IO
 
 import pytest
+
+from monitor.consumer import Event
+from monitor.demo import Tally
+from monitor.simulate import SentWindow
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "ecg-synthetic-dense.onnx"
@@ -56,7 +62,8 @@ def port_free(port: int) -> bool:
 
 
 class DemoProcess:
-    """The demo as a child process with a unique environment tag and its stdout in a queue."""
+    """The demo as a child process with a unique environment tag; its stdout (the alert stream)
+    and its stderr (start-up, progress and summary lines) read into lists as they come."""
 
     def __init__(self, *args: str) -> None:
         self.tag = f"ECG_DEMO_TEST_TAG={uuid.uuid4().hex}"
@@ -69,16 +76,26 @@ class DemoProcess:
             stderr=subprocess.PIPE,
             env={**os.environ, key: value, "PYTHONUNBUFFERED": "1"},
         )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.out: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.lines: queue.Queue[str] = queue.Queue()  # stderr lines not yet waited for
+        self.out: list[str] = []  # stdout
+        self.err: list[str] = []  # stderr
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, False), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, True), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.put(raw.decode(errors="replace").rstrip("\n"))
+    def _read(self, stream: IO[bytes] | None, is_err: bool) -> None:
+        assert stream is not None
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip("\n")
+            (self.err if is_err else self.out).append(line)
+            if is_err:
+                self.lines.put(line)
 
     def wait_for(self, prefix: str, timeout: float = 60.0) -> str:
+        """The next stderr line starting with `prefix`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -86,20 +103,18 @@ class DemoProcess:
             except queue.Empty:
                 assert self.proc.poll() is None or not self.lines.empty(), self.stderr()
                 continue
-            self.out.append(line)
             if line.startswith(prefix):
                 return line
-        raise AssertionError(f"no line starting {prefix!r} in {self.out}")
+        raise AssertionError(f"no line starting {prefix!r} in {self.err}")
 
     def finish(self, timeout: float = 60.0) -> int:
         code = self.proc.wait(timeout=timeout)
-        time.sleep(0.2)
-        while not self.lines.empty():
-            self.out.append(self.lines.get())
+        for t in self._readers:
+            t.join(timeout=10)
         return code
 
     def stderr(self) -> str:
-        return self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+        return "\n".join(self.err)
 
 
 def broker_port(line: str) -> int:
@@ -121,15 +136,15 @@ def test_demo_runs_and_scores_against_ground_truth(tmp_path: Path) -> None:
     finally:
         demo.proc.kill()
     assert code == 0, demo.stderr()
-    text = "\n".join(demo.out)
+    text = demo.stderr()
     assert "precision" in text and "recall" in text
     s = json.loads(summary_file.read_text())
     assert s["windows_sent"] >= 100
     assert s["windows_scored"] == s["windows_sent"]
     assert len(truth_file.read_text().splitlines()) == s["windows_sent"] + 1
     assert s["true_positives"] + s["false_negatives"] == s["anomalous_sent"]
-    # The live view printed each alert as a JSON line (stdout is a pipe here).
-    alerts = [json.loads(line) for line in demo.out if line.startswith("{")]
+    # stdout is a pipe here: the live view printed each alert as a JSON line, and nothing else.
+    alerts = [json.loads(line) for line in demo.out]
     assert len({(a["device_id"], a["seq"]) for a in alerts}) == s["alerts"]
     # The bundled model separates the simulator's anomalies.
     assert s["precision"] >= 0.9 and s["recall"] >= 0.9, s
@@ -178,4 +193,38 @@ def test_ctrl_c_at_any_moment_leaves_nothing_behind(moment: str) -> None:
     if port is not None:
         assert port_free(port)
     if moment == "mid-run":
-        assert any("interrupted" in line for line in demo.out)
+        assert any("interrupted" in line for line in demo.err)
+
+
+def test_the_summary_names_the_broker_that_really_ran(tmp_path: Path) -> None:
+    """Not "mosquitto (embedded)": the program, its version and path, and who started it."""
+    summary_file = tmp_path / "summary.json"
+    demo = DemoProcess(
+        "--embedded-broker", "mosquitto", "--duration", "1", "--devices", "2", "--rate", "5",
+        "--no-live", "--summary-json", str(summary_file),
+    )  # fmt: skip
+    try:
+        port = broker_port(demo.wait_for("broker"))
+        code = demo.finish()
+    finally:
+        demo.proc.kill()
+    assert code == 0, demo.stderr()
+    exe = shutil.which("mosquitto")
+    version = subprocess.run(
+        [str(exe), "-h"], check=False, capture_output=True, text=True
+    ).stdout.split()[2]
+    want = f"mosquitto {version} from {exe}, started by the demo on port {port}"
+    assert json.loads(summary_file.read_text())["broker"] == want
+    assert f"broker          {want}" in demo.stderr()
+    assert demo.out == []  # --no-live: nothing on stdout at all
+
+
+def test_progress_counts_alerts_among_the_scored_windows() -> None:
+    """An alert that arrives before its window's score report is not counted ahead of it."""
+    tally = Tally()
+    rows = [SentWindow("d1", seq, label=1, sent_at=0.0) for seq in range(3)]
+    tally.sent(rows)
+    for seq in range(3):  # every window alerted, only the first two reported scored yet
+        tally.add(Event("alert", "d1", {"seq": seq}, received_at=1.0))
+    tally.add(Event("score", "d1", {"seq": 0, "count": 2}, received_at=1.0))
+    assert tally.progress() == "... 3 windows sent, 2 scored, 2 of them alerted"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +14,11 @@ import onnxruntime as ort
 import pytest
 
 from monitor.beats import zscore
-from monitor.engine import Model, load_model
+from monitor.engine import Model, _ort_reason, _stderr_captured, load_model
 from monitor.errors import ModelLoadError
 from tests.onnx_models import build_model, windows
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_loads_metadata_and_matches_a_plain_onnxruntime_session(tmp_path: Path) -> None:
@@ -126,3 +132,77 @@ def test_io_binding_path_gives_the_same_outputs(tmp_path: Path) -> None:
         a, b = plain.run(x), bound.run(x)
         np.testing.assert_array_equal(a.score, b.score)
         np.testing.assert_array_equal(a.reconstruction, b.reconstruction)
+
+
+LOAD_SCRIPT = """
+import sys
+from monitor.engine import load_model
+from monitor.errors import ModelLoadError
+from monitor.log import setup_logging
+setup_logging("json")
+try:
+    print(load_model(sys.argv[1], provider=sys.argv[2]).info.provider)
+except ModelLoadError as e:
+    print("ModelLoadError:", e.reason)
+"""
+
+
+def _load_in_child(path: Path, provider: str) -> tuple[str, list[str]]:
+    """load_model in a fresh process: (its stdout, its stderr lines)."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, str(path), provider],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip(), done.stderr.splitlines()
+
+
+def _events(lines: list[str]) -> dict[str, dict[str, object]]:
+    return {e["event"]: e for e in (json.loads(line) for line in lines if line.startswith("{"))}
+
+
+def test_auto_provider_prints_no_onnxruntime_error_on_a_host_without_a_gpu(
+    tmp_path: Path,
+) -> None:
+    """Whatever the host, stderr holds our JSON events only: no red onnxruntime line."""
+    out, err = _load_in_child(build_model(tmp_path / "m.onnx"), "auto")
+    assert out in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    assert [line for line in err if not line.startswith("{")] == [], err
+    events = _events(err)
+    assert "model_loaded" in events
+    if out == "CPUExecutionProvider" and "CUDAExecutionProvider" in ort.get_available_providers():
+        # onnxruntime's own complaint became the reason in our event
+        reason = str(events["cuda_unavailable"]["reason"])
+        assert reason.startswith("CUDA provider did not load"), reason
+
+
+@pytest.mark.parametrize("provider", ["auto", "cuda"])
+def test_a_garbage_file_is_a_model_error_not_a_cuda_failure(tmp_path: Path, provider: str) -> None:
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(bytes(range(256)) * 8)
+    out, err = _load_in_child(path, provider)
+    assert out.startswith("ModelLoadError: onnxruntime cannot load it:"), out
+    assert "INVALID_PROTOBUF" in out
+    assert "cuda" not in " ".join(err).lower(), err  # no CUDA attempt on a file that is not a model
+
+
+def test_stderr_capture_keeps_everything_that_is_not_onnxruntime(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    lines: list[str] = []
+    with _stderr_captured(lines):
+        os.write(
+            2, b"\x1b[1;31m2026-01-01 [E:onnxruntime:Default, x.cc:1 f] boom : 1 : FAIL : gone\n"
+        )
+        os.write(2, b"\x1b[m\n")
+        os.write(2, b"another thread's line\n")
+        print("python stderr", file=sys.stderr)
+    # nothing else is lost (pytest takes sys.stderr itself, so the order may differ here)
+    assert sorted(capfd.readouterr().err.splitlines()) == ["another thread's line", "python stderr"]
+    assert lines[0].startswith("2026-01-01 [E:onnxruntime:")
+    assert _ort_reason(lines) == "gone"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from monitor.alerts import Reject
+from monitor.beats import read_ucr, synthetic_beats, zscore
 from monitor.ingest import Ingest
-from monitor.wire import Frame, encode_binary, encode_json
+from monitor.wire import MAX_ABS_SAMPLE, Frame, encode_binary, encode_json
 
 L = 140
 GOOD = np.zeros(L, np.float32)
@@ -67,3 +69,29 @@ def test_good_messages_become_frames() -> None:
 def test_another_prefix() -> None:
     ingest = Ingest("ward7", L)
     assert isinstance(ingest("ward7/d/window", encode_json(0, 0.0, GOOD), 0), Frame)
+
+
+def _accepted(x: np.ndarray) -> bool:
+    ingest = Ingest("ecg", x.shape[1])
+    return all(
+        isinstance(ingest("ecg/d1/window", encode_binary(0, 0.0, x[i : i + 64]), 0.0), Frame)
+        for i in range(0, len(x), 64)
+    )
+
+
+def test_the_default_sample_bound_passes_real_ecg_in_any_usual_unit(ecg5000_train: Path) -> None:
+    """ECG5000 as z-scores, as millivolts (~1 mV R wave), microvolts and 24-bit ADC counts
+    (~0.3 uV/LSB): all far inside limits.max_abs_sample."""
+    x, _ = read_ucr(ecg5000_train)
+    assert _accepted(zscore(x))
+    mv = zscore(x) * 0.5  # ~1 mV peak to peak
+    assert _accepted(mv) and _accepted(mv * 1000.0) and _accepted(mv * 3500.0)
+
+
+def test_the_default_sample_bound_passes_synthetic_beats_and_rejects_overflow() -> None:
+    beats, _ = synthetic_beats(256, length=L)
+    assert _accepted(beats) and _accepted(beats * 1e4)
+    ingest = Ingest("ecg", L)
+    for value in (3.4e38, -3.4e38, 1e30, 2 * MAX_ABS_SAMPLE):
+        r = ingest("ecg/d1/window", encode_json(0, 0.0, np.full(L, value, np.float32)), 0.0)
+        assert isinstance(r, Reject) and r.code == "out_of_range"

@@ -27,3 +27,11 @@ def test_peak_index_is_over_what_the_model_compared() -> None:
     recon = np.array([[0.0, 0.0, 0.5]], np.float32)
     s = score_batch(Inference(inputs, recon, np.array([1.5], np.float32), 0.0), 1.0)
     assert s.peak_index.tolist() == [1]
+
+
+def test_a_non_finite_score_is_neither_anomalous_nor_normal() -> None:
+    x = np.zeros((4, 3), np.float32)
+    score = np.array([np.inf, np.nan, -np.inf, 5.0], np.float32)
+    s = score_batch(Inference(x, x, score, 0.0), threshold=1.0)
+    assert s.finite.tolist() == [False, False, False, True]
+    assert s.anomalous.tolist() == [False, False, False, True]  # +inf is not an alert

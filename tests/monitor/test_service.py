@@ -794,3 +794,55 @@ def test_backpressure_small_queue_scores_every_qos1_window(
     assert d.wait(30) == 0
     stopped = d.wait_event("stopped")
     assert stopped["windows_scored"] == 3000
+
+
+def test_an_alarm_storm_is_logged_published_and_counted_once_naming_the_cause(
+    tmp_path: Path, mosquitto: Mosquitto, daemons: list[Daemon]
+) -> None:
+    """A model alerting on every window of normal-looking data (here: a threshold far below
+    every score) is the model/data mismatch the storm guard names; said once per scope."""
+    model = build_model(
+        tmp_path / "storm.onnx",
+        threshold=0.01,
+        extra_meta={"ecg.calibration": '{"method": "quantile", "fpr": 0.01, "threshold": 0.01}'},
+    )
+    port = free_port()
+    config = write_config(
+        tmp_path / "c.toml",
+        mosquitto.port,
+        model,
+        metrics={"port": port},
+        alerts={"storm_windows": 50, "storm_fleet_windows": 150},
+    )
+    col = Collector(mosquitto.port, ["ecg/+/alert", "ecg-monitor/+/status"])
+    daemon = start(daemons, config, col)
+    pub = Publisher(mosquitto.port)
+    stream(pub, devices=1, per_device=300, frame=5)  # 300 windows of one device, all alerts
+    pub.close()
+    col.wait_for(lambda: len(col.of("/alert")) >= 300, 30, "every window alerted regardless")
+    instance = instance_of(config)
+
+    def storms() -> list[dict[str, object]]:
+        with col._lock:
+            return [
+                d["alarm_storm"]
+                for t, d in col.messages
+                if t == f"ecg-monitor/{instance}/status" and "alarm_storm" in d
+            ]
+
+    col.wait_for(lambda: len(storms()) >= 2, 20, "storm status messages")
+    time.sleep(0.5)  # nothing more comes for the rest of the run
+    published = storms()
+    assert [(s["scope"], s["device_id"]) for s in published] == [
+        ("device", "dev0"),
+        ("fleet", None),
+    ]
+    assert all(s["likely_cause"] == "model and data do not match" for s in published)
+    assert all(s["fpr"] == 0.01 and s["alert_share"] == 1.0 for s in published)
+    logged = [e for e in daemon.events() if e.get("event") == "alarm_storm"]
+    assert [e["scope"] for e in logged] == ["device", "fleet"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'ecg_monitor_alarm_storms_total{scope="device"} 1' in text
+    assert 'ecg_monitor_alarm_storms_total{scope="fleet"} 1' in text
+    col.close()

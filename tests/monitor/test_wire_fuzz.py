@@ -1,6 +1,6 @@
 """Fuzzing the wire decoder: any bytes either decode to a valid Frame or raise PayloadError.
 
-About 11,000 generated payloads in all; each decode must finish within the hypothesis deadline.
+About 11,800 generated payloads in all; each decode must finish within the hypothesis deadline.
 """
 
 from __future__ import annotations
@@ -16,7 +16,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from monitor.errors import PayloadError, RejectCode
-from monitor.wire import HEADER, MAGIC, U64_MAX, Frame, decode, encode_binary, encode_json
+from monitor.wire import (
+    HEADER,
+    MAGIC,
+    MAX_ABS_SAMPLE,
+    U64_MAX,
+    Frame,
+    decode,
+    encode_binary,
+    encode_json,
+)
 
 L = 4  # a short window makes valid frames likely after mutation
 MAX_WINDOWS = 64
@@ -39,6 +48,7 @@ def check(payload: bytes, window_length: int = L) -> Frame | str:
             window_length=window_length,
             max_bytes=MAX_BYTES,
             max_windows=MAX_WINDOWS,
+            max_abs=MAX_ABS_SAMPLE,
         )
     except PayloadError as e:
         assert e.code in CODES, e.code
@@ -48,7 +58,8 @@ def check(payload: bytes, window_length: int = L) -> Frame | str:
     assert s.dtype == np.float32 and s.ndim == 2 and s.flags.c_contiguous
     assert not s.flags.writeable
     assert s.shape[1] == window_length and 1 <= s.shape[0] <= MAX_WINDOWS
-    assert np.isfinite(s).all()
+    assert np.isfinite(s).all() and np.abs(s).max() <= MAX_ABS_SAMPLE
+    assert math.isfinite(frame.window_ts(frame.count - 1))
     assert type(frame.seq) is int and frame.seq >= 0 and frame.seq + frame.count - 1 <= U64_MAX
     assert math.isfinite(frame.ts)
     assert frame.fs is None or (math.isfinite(frame.fs) and frame.fs > 0)
@@ -58,7 +69,7 @@ def check(payload: bytes, window_length: int = L) -> Frame | str:
 
 # ---- valid payloads to start from ---------------------------------------------------------
 
-samples_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+samples_f32 = st.floats(-MAX_ABS_SAMPLE, MAX_ABS_SAMPLE, width=32)
 
 
 @st.composite
@@ -250,6 +261,37 @@ def test_many_windows_near_limits(count: int, binary: bool) -> None:
     result = check(payload)
     if count > MAX_WINDOWS:
         assert result == "too_large"
+
+
+@given(
+    st.floats(width=32, allow_nan=False, allow_infinity=False),
+    st.integers(0, L - 1),
+    st.booleans(),
+)
+@settings(fuzz, max_examples=500)
+def test_any_float32_sample_beyond_the_bound_is_out_of_range(
+    value: float, where: int, binary: bool
+) -> None:
+    """Float extremes (+-3.4e38, 1e30, ...) never reach the model; anything within does."""
+    x = np.zeros((2, L), np.float32)
+    x[1, where] = value
+    payload = encode_binary(0, 0.0, x) if binary else encode_json(0, 0.0, x)
+    result = check(payload)
+    if abs(value) > MAX_ABS_SAMPLE:
+        assert result == "out_of_range"
+    else:
+        assert isinstance(result, Frame)
+
+
+@given(st.floats(width=32, min_value=0.0, exclude_min=True), st.integers(2, 8))
+@settings(fuzz, max_examples=300)
+def test_window_times_never_overflow(fs: float, count: int) -> None:
+    """A tiny fs would put later windows at an infinite time (an alert that cannot be JSON)."""
+    result = check(encode_binary(0, 1e9, np.zeros((count, L), np.float32), fs))
+    if isinstance(result, Frame):
+        assert all(math.isfinite(result.window_ts(i)) for i in range(count))
+    else:
+        assert result == "bad_field"
 
 
 def test_struct_header_is_what_the_fuzzers_assume() -> None:

@@ -14,6 +14,7 @@ from training.models import (
     VariationalAutoencoder,
     build_model,
     kl_bernoulli,
+    variant_options,
 )
 
 DENSE = [v for v in MODELS if v != "lstm"]
@@ -174,3 +175,36 @@ def test_unknown_variant_and_option_are_training_errors_and_spec_rebuilds() -> N
     spec = build_model("vae", 140, 3, beta=0.5).spec()
     rebuilt = build_model(spec["variant"], spec["input_dim"], spec["latent_dim"], **spec["options"])
     assert rebuilt.spec()["options"]["beta"] == 0.5
+
+
+def test_each_variant_lists_the_options_its_constructors_take_with_their_types() -> None:
+    assert variant_options("lstm") == {"zscore": bool}
+    assert variant_options("dense") == {"hidden": int, "zscore": bool, "output": str}
+    assert variant_options("sparse-kl") == {
+        "rho": float,
+        "beta": float,
+        "hidden": int,
+        "zscore": bool,
+        "output": str,
+    }
+    with pytest.raises(TrainingError, match="unknown option 'hidden'"):
+        build_model("lstm", 140, 8, hidden=32)
+    with pytest.raises(TrainingError, match="sigma must be a finite number"):
+        build_model("denoising", 140, 8, sigma=float("nan"))
+    assert build_model("sparse-l1", 140, 8, l1=1).spec()["options"]["l1"] == 1.0  # int is a number
+
+
+@pytest.mark.parametrize(
+    ("variant", "option", "value"),
+    [
+        ("dense", "hidden", -1),
+        ("sparse-l1", "l1", -0.1),
+        ("sparse-kl", "beta", -1.0),
+        ("contractive", "lam", -0.5),
+        ("denoising", "sigma", -0.2),
+        ("vae", "beta", -1.0),
+    ],
+)
+def test_negative_weights_and_sizes_are_refused(variant: str, option: str, value: float) -> None:
+    with pytest.raises(TrainingError, match=option):
+        build_model(variant, 140, 8, **{option: value})

@@ -175,3 +175,30 @@ def _keyword_defaults(cls: type) -> dict[str, object]:
             if param.default is not inspect.Parameter.empty:
                 out[name] = param.default
     return out
+
+
+def test_an_early_stop_closes_the_bar_and_says_why(
+    small: Dataset, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    cfg = FitConfig("dense", latent_dim=4, epochs=40, batch_size=64, lr=5.0, patience=2)
+    run = fit(cfg, small, tmp_path / "r", progress=True, plots=False)
+    record = json.loads((run / "config.json").read_text())
+    err = capfd.readouterr().err
+    line = (
+        f"early stop at epoch {record['epochs_run']}: validation loss did not improve for 2 "
+        f"epochs; best {record['best_val_loss']:.4g} at epoch {record['best_epoch']}"
+    )
+    assert line in err, err
+    assert record["stopped_early"] is True
+    # the bar was closed at the epoch that stopped it, then the line starts a line of its own
+    assert f"{record['epochs_run']}/40 [" in err.split(line)[0].rsplit("\r", 1)[-1]
+    assert f"\n{line}" in err
+
+
+def test_a_run_to_the_last_epoch_prints_no_early_stop(
+    small: Dataset, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    cfg = FitConfig("dense", latent_dim=4, epochs=2, batch_size=64, lr=1e-3, patience=10)
+    run = fit(cfg, small, tmp_path / "r", progress=True, plots=False)
+    assert "early stop" not in capfd.readouterr().err
+    assert json.loads((run / "config.json").read_text())["stopped_early"] is False

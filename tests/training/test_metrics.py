@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training.errors import TrainingError
-from training.evaluate import detection_metrics, pr_auc, recall_at_fpr, roc_auc
+from training.metrics import detection_metrics, pr_auc, recall_at_fpr, roc_auc
 
 NAMES = {1: "normal", 2: "pvc", 3: "other"}
 
