@@ -40,13 +40,13 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check monitor training tests bench
-	$(BIN)/ruff format --check monitor training tests bench
+	$(BIN)/ruff check monitor training tests bench tools
+	$(BIN)/ruff format --check monitor training tests bench tools
 	$(BIN)/mypy
 
 format: $(BIN)/.installed
-	$(BIN)/ruff format monitor training tests bench
-	$(BIN)/ruff check --fix monitor training tests bench
+	$(BIN)/ruff format monitor training tests bench tools
+	$(BIN)/ruff check --fix monitor training tests bench tools
 
 # The daemon host's environment: numpy, onnxruntime, paho-mqtt, structlog, prometheus-client (+ amqtt for
 # the embedded broker). No torch, no onnx.

@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Literal
 
 import numpy as np
 
@@ -22,7 +23,10 @@ def _dumps(obj: object) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """One anomalous window: ecg/<device_id>/alert."""
+    """One anomalous window or beat: ecg/<device_id>/alert.
+
+    A beat (source "stream") has seq = its R-peak sample index, ts = that sample's device time,
+    and also `rr_s` (the RR interval before it) and `hr_bpm`."""
 
     device_id: str
     seq: int
@@ -34,22 +38,31 @@ class Alert:
     peak_index: int
     received_at: float
     published_at: float
+    p_value: float | None = None
+    source: str = "window"
+    rr_s: float | None = None
+    hr_bpm: float | None = None
 
     def to_json(self) -> bytes:
-        return _dumps(
-            {
-                "device_id": self.device_id,
-                "seq": self.seq,
-                "ts": self.ts,
-                "score": self.score,
-                "threshold": self.threshold,
-                "model": self.model,
-                "model_version": self.model_version,
-                "peak_index": self.peak_index,
-                "received_at": self.received_at,
-                "published_at": self.published_at,
-            }
-        )
+        d: dict[str, object] = {
+            "device_id": self.device_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "score": self.score,
+            "threshold": self.threshold,
+            "model": self.model,
+            "model_version": self.model_version,
+            "peak_index": self.peak_index,
+            "received_at": self.received_at,
+            "published_at": self.published_at,
+        }
+        if self.p_value is not None:
+            d["p_value"] = self.p_value
+        if self.source != "window":
+            d["source"] = self.source
+            d["rr_s"] = self.rr_s
+            d["hr_bpm"] = self.hr_bpm
+        return _dumps(d)
 
 
 class AlertEncoder:
@@ -167,6 +180,53 @@ class ScoreReport:
                 mid = (lo + hi) // 2
                 todo += [(mid, hi), (lo, mid)]
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class BeatScores:
+    """Scores of the beats one stream chunk completed: ecg/<device_id>/score (publish_scores).
+
+    `seqs` are R-peak sample indices (not consecutive), `ts` their device times."""
+
+    device_id: str
+    seqs: tuple[int, ...]
+    ts: tuple[float, ...]
+    scores: tuple[float | None, ...]  # None: the model gave no finite score
+    threshold: float
+    model: str
+    model_version: str
+    received_at: float
+    published_at: float
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["source"] = "stream"
+        d["count"] = len(self.scores)
+        for key in ("seqs", "ts", "scores"):
+            d[key] = list(d[key])
+        return _dumps(d)
+
+
+QualityState = Literal["learning", "good", "noisy", "lead_off", "gap"]
+QUALITY_STATES: tuple[str, ...] = ("learning", "good", "noisy", "lead_off", "gap")
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """A stream's signal quality changed: ecg/<device_id>/quality (QoS 1, retained)."""
+
+    device_id: str
+    state: str
+    since: int  # sample index where the state began
+    since_ts: float
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.state not in QUALITY_STATES:
+            raise ValueError(f"quality state {self.state!r} is not one of {QUALITY_STATES}")
+
+    def to_json(self) -> bytes:
+        return _dumps(asdict(self))
 
 
 @dataclass(frozen=True, slots=True)

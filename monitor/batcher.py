@@ -11,20 +11,33 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
-
-from monitor.wire import Frame
 
 T = TypeVar("T")
 
 
+class Rows(Protocol):
+    """What the batcher batches: `count` rows of model input (a window Frame, a set of beats)."""
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def samples(self) -> np.ndarray:  # float32 [count, L]
+        ...
+
+    @property
+    def context(self) -> np.ndarray | None:  # float32 [count, k] for models with `context`
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Segment(Generic[T]):
-    """Windows [start, stop) of one message's frame, at rows [offset, offset + stop - start)."""
+    """Rows [start, stop) of one put, at batch rows [offset, offset + stop - start)."""
 
-    frame: Frame
+    frame: Rows
     start: int
     stop: int
     offset: int
@@ -39,6 +52,7 @@ class Segment(Generic[T]):
 class Batch(Generic[T]):
     windows: np.ndarray  # float32 [n, L], C-contiguous
     segments: tuple[Segment[T], ...]
+    context: np.ndarray | None = None  # float32 [n, k] when the rows carry context
 
     @property
     def size(self) -> int:
@@ -57,7 +71,7 @@ class Batcher(Generic[T]):
             raise ValueError("max_batch >= 1 and max_wait_s >= 0")
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self._items: deque[tuple[Frame, int, T, float]] = deque()  # frame, next row, token, t
+        self._items: deque[tuple[Rows, int, T, float]] = deque()  # frame, next row, token, t
         self._queued = 0
         self._wakeup = asyncio.Event()
         self._closed = False
@@ -70,7 +84,7 @@ class Batcher(Generic[T]):
     def closed(self) -> bool:
         return self._closed
 
-    def put(self, frame: Frame, token: T) -> None:
+    def put(self, frame: Rows, token: T) -> None:
         was_empty = self._queued == 0
         self._items.append((frame, 0, token, time.monotonic()))
         self._queued += frame.count
@@ -103,6 +117,7 @@ class Batcher(Generic[T]):
     def _take(self) -> Batch[T]:
         segments: list[Segment[T]] = []
         parts: list[np.ndarray] = []
+        contexts: list[np.ndarray] = []
         n = 0
         while self._items and n < self.max_batch:
             frame, start, token, t = self._items[0]
@@ -114,7 +129,15 @@ class Batcher(Generic[T]):
                 self._items.popleft()
             segments.append(Segment(frame, start, stop, n, token))
             parts.append(frame.samples[start:stop])
+            ctx = frame.context
+            if ctx is not None:
+                contexts.append(ctx[start:stop])
             n += k
         self._queued -= n
         windows = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return Batch(windows, tuple(segments))
+        if contexts and len(contexts) != len(parts):
+            raise ValueError("rows with and without context in one batch")
+        context = None
+        if contexts:
+            context = contexts[0] if len(contexts) == 1 else np.concatenate(contexts)
+        return Batch(windows, tuple(segments), context)

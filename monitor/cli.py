@@ -52,6 +52,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "the fleet really sent. Alerts go to stdout (a table on a terminal, JSON lines when "
         "piped); progress and the summary go to stderr.",
     ),
+    "view": (
+        "monitor.view",
+        "live central-station web page: strips, heart rate, quality, alarms",
+        "Serve a live web page for the people watching the fleet: each device's ECG strip, heart "
+        "rate, signal quality and alarms, with the offending beat marked, and an alarm list "
+        "that can be acknowledged. Reads MQTT only, never publishes. Needs the view extra "
+        "(aiohttp).",
+    ),
 }
 
 

@@ -36,7 +36,7 @@ class MqttConfig:
     share_group: str = ""
     qos: int = 1
     session_expiry_s: int = 3600
-    receive_maximum: int = 1000
+    receive_maximum: int = 65535
     max_inflight_out: int = 1000
     # Largest packet we send; the broker's CONNACK Maximum Packet Size lowers it (MQTT 5).
     max_packet_bytes: int = 1 << 20
@@ -115,6 +115,27 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamsConfig:
+    enabled: bool = False
+    windows: bool = True
+    share_group: str = ""
+    partition: str = ""
+    idle_forget_s: float = 600.0
+    max_devices: int = 10000
+    max_chunk_s: float = 60.0
+    min_fs: float = 100.0
+    max_fs: float = 1000.0
+
+    @property
+    def part(self) -> tuple[int, int]:
+        """(i, n) of partition = "i/n"; (0, 1) when not partitioned."""
+        if not self.partition:
+            return (0, 1)
+        i, n = self.partition.split("/")
+        return (int(i), int(n))
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 0
@@ -135,12 +156,18 @@ class Config:
     batch: BatchConfig = field(default_factory=BatchConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    streams: StreamsConfig = field(default_factory=StreamsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
 
     @property
     def status_topic(self) -> str:
         return f"ecg-monitor/{self.service.instance_id}/status"
+
+    @property
+    def inputs_windows(self) -> bool:
+        """Whether `<prefix>/+/window` is subscribed (always, unless streams replace it)."""
+        return not self.streams.enabled or self.streams.windows
 
 
 _SECTION_TYPES: dict[str, type[Any]] = {
@@ -149,6 +176,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "batch": BatchConfig,
     "alerts": AlertsConfig,
     "limits": LimitsConfig,
+    "streams": StreamsConfig,
     "metrics": MetricsConfig,
     "service": ServiceConfig,
 }
@@ -356,6 +384,24 @@ def _resolve(cfg: Config, base_dir: Path, env: dict[str, str]) -> Config:
         0 < li.max_abs_sample <= F32_MAX,
         f"limits.max_abs_sample must be > 0 and <= {F32_MAX:.8g} (the float32 maximum)",
     )
+    st = cfg.streams
+    _check(
+        not (_TOPIC_BAD & set(st.share_group)),
+        f"streams.share_group {st.share_group!r} must not contain + # /",
+    )
+    _check(not (st.share_group and m.protocol != 5), "streams.share_group needs protocol = 5")
+    if st.partition:
+        try:
+            pi, pn = st.part
+        except ValueError:
+            raise ConfigError(
+                f'streams.partition {st.partition!r} must be "i/n" with 0 <= i < n'
+            ) from None
+        _check(0 <= pi < pn, f"streams.partition {st.partition!r} must have 0 <= i < n")
+    _check(st.idle_forget_s > 0, "streams.idle_forget_s must be > 0")
+    _check(st.max_devices >= 1, "streams.max_devices must be >= 1")
+    _check(0 < st.max_chunk_s <= 600, "streams.max_chunk_s must be in (0, 600]")
+    _check(0 < st.min_fs <= st.max_fs, "streams.min_fs must be > 0 and <= streams.max_fs")
     _check(0 <= me.port < 65536, f"metrics.port {me.port} is not a TCP port (0 = off)")
     _check(bool(me.host) or me.port == 0, "metrics.host must not be empty")
     _check(0 < s.drain_timeout_s <= 3600, "service.drain_timeout_s must be in (0, 3600]")

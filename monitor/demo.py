@@ -9,6 +9,7 @@ own session and is stopped, and every temporary file removed, however the demo e
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -247,12 +248,15 @@ def _log_tail(path: Path, n: int = 20) -> str:
 class Demo:
     """Owns every part it starts; `close()` stops them all, whatever state start-up reached."""
 
+    config_extra = ""  # more daemon config (TOML tables), e.g. the stream demo's [streams]
+
     def __init__(self, args: argparse.Namespace, interrupted: threading.Event) -> None:
         self.args = args
         self.interrupted = interrupted
         self.tmp = Path(tempfile.mkdtemp(prefix="ecg-demo-"))
         self.broker: EmbeddedBroker | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
+        self.view: subprocess.Popen[str] | None = None
         self.sub: Subscriber | None = None
         self.fleet: Fleet | None = None
         self.fleet_client: Any = None
@@ -311,6 +315,7 @@ class Demo:
                 model=_toml(str(model)),
                 instance_id=_toml(self.instance_id),
             )
+            + self.config_extra
         )
         self.daemon_started = time.monotonic()
         with self.daemon_log.open("wb") as log:
@@ -351,6 +356,47 @@ class Demo:
             if time.monotonic() > deadline:
                 raise DemoError(f"the daemon was not online after {DAEMON_START_TIMEOUT:.0f} s")
         self.say(f"daemon      online after {time.monotonic() - self.daemon_started:.1f} s")
+
+    def start_view(self, opts: ClientOptions) -> None:
+        """The central-station page (`ecg-monitor view`) on the demo's broker; its URL is printed.
+        Skipped with --no-view; a view that cannot start (no aiohttp, port taken) is a note."""
+        if not self.args.view:
+            return
+        a = self.args
+        cmd = [sys.executable, "-m", "monitor", "view", "--broker", str(opts.broker)]
+        cmd += [
+            "--mqtt-version",
+            opts.mqtt_version,
+            "--prefix",
+            a.prefix,
+            "--listen",
+            a.view_listen,
+        ]
+        if opts.username is not None:
+            cmd += ["--username", opts.username]
+        if opts.password_file is not None:
+            cmd += ["--password-file", str(opts.password_file)]
+        if opts.tls:
+            cmd.append("--tls")
+        if opts.ca_file is not None:
+            cmd += ["--ca-file", str(opts.ca_file)]
+        log_path = self.tmp / "view.log"
+        with log_path.open("wb") as log:
+            self.view = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+                text=True,
+            )
+        assert self.view.stdout is not None
+        line = self.view.stdout.readline()  # "view: URL ..." once it listens, "" if it exited
+        url = line.split()[1] if line.startswith("view: http") else None
+        if url is None:
+            self.say(f"view        not started: {_log_tail(log_path, 3) or line.strip()}")
+        else:
+            self.say(f"view        {url} (the central-station page; --no-view skips it)")
 
     def start_fleet(self, opts: ClientOptions) -> None:
         a = self.args
@@ -441,6 +487,8 @@ class Demo:
                     client.loop_stop()
                 except Exception:  # clean-up goes on whatever a client did
                     pass
+        if self.view is not None:
+            stop_process_group(self.view, grace=5.0)
         if self.daemon is not None:
             stop_process_group(self.daemon, grace=10.0)
         if self.broker is not None:
@@ -453,6 +501,17 @@ class Demo:
 def configure(parser: argparse.ArgumentParser) -> None:
     add_client_options(
         parser, default=None, broker_help="use this MQTT broker (default: start one here)"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["window", "stream"],
+        default="window",
+        help="window: devices send cut heartbeat windows; stream: continuous ECG, the daemon "
+        "finds and scores the beats (monitor/stream_demo.py)",
+    )
+    parser.add_argument("--speed", type=float, default=1.0, help="stream mode: times real time")
+    parser.add_argument(
+        "--records", help="stream mode with --source mitdb:DIR: records, comma separated"
     )
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of traffic")
     parser.add_argument("--devices", type=int, default=10, help="simulated devices")
@@ -498,9 +557,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--summary-json", type=Path, metavar="FILE", help="also write the summary as JSON"
     )
+    parser.add_argument(
+        "--no-view",
+        dest="view",
+        action="store_false",
+        help="do not start the central-station page (ecg-monitor view, needs aiohttp)",
+    )
+    parser.add_argument(
+        "--view-listen",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="where the view serves its page",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.mode == "stream":
+        return int(importlib.import_module("monitor.stream_demo").main(args))
     model = args.model.resolve()
     if not model.is_file():
         hint = " (build it with `make models`)" if args.model == DEFAULT_MODEL else ""
@@ -517,6 +590,8 @@ def main(args: argparse.Namespace) -> int:
             demo.start_daemon(opts, model)
             demo.check()
             demo.wait_online(opts)
+            demo.start_view(opts)
+            demo.check()
             demo.start_fleet(opts)
             started = time.monotonic()
             demo.watch()

@@ -32,6 +32,7 @@ from monitor.errors import ModelLoadError
 log = structlog.get_logger("monitor.engine")
 
 INPUT = "windows"
+CONTEXT = "context"  # optional second input of stream models: float32 [batch, k]
 OUTPUTS = ("reconstruction", "score")
 PREPROCESS = ("none", "zscore")
 _OPT_LEVELS = {
@@ -54,6 +55,7 @@ class ModelInfo:
     preprocess: str
     provider: str  # "CUDAExecutionProvider" or "CPUExecutionProvider"
     metadata: dict[str, str] = field(default_factory=dict)
+    context_size: int = 0  # k of the optional `context` input; 0 = the model has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,21 +76,31 @@ class Model:
         self.info = info
         self._io_binding = io_binding
 
-    def run(self, windows: np.ndarray) -> Inference:
-        """Score a float32 [n, L] batch (one session.run)."""
+    def run(self, windows: np.ndarray, context: np.ndarray | None = None) -> Inference:
+        """Score a float32 [n, L] batch (one session.run); `context` [n, k] feeds the model's
+        context input when it has one (zeros would be a silent lie, so it is required then)."""
         t0 = time.perf_counter()
         x = np.ascontiguousarray(windows, dtype=np.float32)
         if self.info.preprocess == "zscore":
             x = zscore(x)
+        feeds = {INPUT: x}
+        if self.info.context_size:
+            if context is None or context.shape != (x.shape[0], self.info.context_size):
+                raise ValueError(
+                    f"model needs context [{x.shape[0]}, {self.info.context_size}], got "
+                    f"{None if context is None else context.shape}"
+                )
+            feeds[CONTEXT] = np.ascontiguousarray(context, dtype=np.float32)
         if self._io_binding:
             binding = self._session.io_binding()
-            binding.bind_cpu_input(INPUT, x)
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
             for name in OUTPUTS:
                 binding.bind_output(name, "cpu")
             self._session.run_with_iobinding(binding)
             recon, score = binding.copy_outputs_to_cpu()
         else:
-            recon, score = self._session.run(list(OUTPUTS), {INPUT: x})
+            recon, score = self._session.run(list(OUTPUTS), feeds)
         return Inference(
             inputs=x,
             reconstruction=np.asarray(recon, dtype=np.float32),
@@ -254,9 +266,20 @@ def _one_line(e: BaseException) -> str:
 
 def _check_contract(path: str, session: Any, provider: str) -> ModelInfo:
     inputs = session.get_inputs()
-    if [i.name for i in inputs] != [INPUT]:
-        raise ModelLoadError(path, f"inputs {[i.name for i in inputs]}, expected ['{INPUT}']")
+    names = [i.name for i in inputs]
+    if names not in ([INPUT], [INPUT, CONTEXT]):
+        raise ModelLoadError(
+            path, f"inputs {names}, expected ['{INPUT}'] or ['{INPUT}', '{CONTEXT}']"
+        )
     inp = inputs[0]
+    context_size = 0
+    if len(inputs) == 2:
+        ctx = inputs[1]
+        if ctx.type != "tensor(float)" or len(ctx.shape) != 2 or not isinstance(ctx.shape[1], int):
+            raise ModelLoadError(
+                path, f"input {CONTEXT} is {ctx.type} {ctx.shape}, not float [batch, k]"
+            )
+        context_size = int(ctx.shape[1])
     if inp.type != "tensor(float)" or len(inp.shape) != 2:
         raise ModelLoadError(path, f"input {INPUT} is {inp.type} {inp.shape}, not float [batch, L]")
     outputs = {o.name: o for o in session.get_outputs()}
@@ -297,6 +320,7 @@ def _check_contract(path: str, session: Any, provider: str) -> ModelInfo:
         preprocess=preprocess,
         provider=provider,
         metadata=meta,
+        context_size=context_size,
     )
 
 
@@ -306,8 +330,10 @@ def _warm_up(model: Model, batch: int) -> None:
     rng = np.random.default_rng(0)
     for n in (max(1, batch), 1):
         x = rng.standard_normal((n, length)).astype(np.float32)
+        k = model.info.context_size
+        ctx = np.zeros((n, k), np.float32) if k else None
         try:
-            out = model.run(x)
+            out = model.run(x, ctx)
         except Exception as e:
             raise ModelLoadError(model.info.path, f"warm-up run failed: {_one_line(e)}") from None
         if out.reconstruction.shape != (n, length) or out.score.shape != (n,):

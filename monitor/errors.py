@@ -12,6 +12,7 @@ RejectCode = Literal[
     "bad_field",
     "too_large",
     "bad_device_id",
+    "bad_stream",
     "out_of_range",
     "internal_error",
 ]

@@ -265,6 +265,20 @@ class Metrics:
             "Seconds from a window's receipt to its alert's publish.",
             _SECONDS,
         )
+        self.chunks_received = Counter(
+            "stream_chunks_received_total", "Stream chunks decoded (owned devices only)."
+        )
+        self.beats_scored = Counter("beats_scored_total", "Beats found in streams and scored.")
+        self.quality_changes = Counter(
+            "stream_quality_changes_total",
+            "Signal quality changes published, by state.",
+            labelled=True,
+        )
+        self.stream_forced_acks = Counter(
+            "stream_forced_acks_total",
+            "Stream chunks acknowledged early because the in-flight limit was near.",
+        )
+        self.stream_devices = Gauge("stream_devices", "Stream devices with state in memory.")
         self.queue_depth = Gauge(
             "queue_windows", "Windows waiting for inference.", queue_depth or (lambda: 0.0)
         )

@@ -385,7 +385,7 @@ class MqttBridge:
         self,
         cfg: MqttConfig,
         *,
-        subscription: str | None,
+        subscription: str | list[str] | None,
         will: tuple[str, bytes] | None = None,
         on_message: Callable[[Message], None] | None = None,
         on_online: Callable[[bool], None] | None = None,
@@ -394,6 +394,7 @@ class MqttBridge:
         self.cfg = cfg
         self._on_refused_cb = on_refused
         self.subscription = subscription
+        self._topics = [subscription] if isinstance(subscription, str) else subscription or []
         self._on_message_cb = on_message
         self._on_online_cb = on_online
         self._loop = asyncio.get_running_loop()
@@ -751,10 +752,10 @@ class MqttBridge:
         server_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
         self.max_packet_bytes = min(self.cfg.max_packet_bytes, int(server_packet or 1 << 28))
         self._drop_oversize_inflight()
-        if self.subscription is None:
+        if not self._topics:
             self._set_online()
             return
-        client.subscribe(self.subscription, qos=self.cfg.qos)
+        client.subscribe([(t, self.cfg.qos) for t in self._topics])
 
     def _drop_oversize_inflight(self) -> None:
         """Publishes paho resends after this CONNACK that no longer fit a smaller limit would

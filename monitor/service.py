@@ -14,50 +14,35 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import math
 import signal
 import ssl
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import structlog
 
-from monitor.alerts import AlertEncoder, AlertPolicy, Reject, ScoreReport, Status
+from monitor.alerts import Status
 from monitor.batcher import Batch, Batcher
 from monitor.config import Config, load_config
 from monitor.engine import Inference, Model, load_model
-from monitor.errors import ConfigError, ModelLoadError, MonitorError, RejectCode
-from monitor.ingest import Ingest
+from monitor.errors import ConfigError, ModelLoadError, MonitorError
 from monitor.log import setup_logging
 from monitor.metrics import Metrics, MetricsServer
 from monitor.mqtt import Message, MqttBridge
-from monitor.scorer import Scores, score_batch
+from monitor.pipeline import Input, Pipeline, Token
+from monitor.scorer import score_batch
 from monitor.storm import Storm, StormGuard, calibrated_fpr
+from monitor.streams import StreamInput
 from monitor.systemd import Notifier
-from monitor.wire import Frame
+from monitor.windows import WindowInput
 
 log = structlog.get_logger("monitor.service")
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_STARTUP = 3
-
-
-@dataclass(slots=True, eq=False)
-class Delivery:
-    """Bookkeeping of one incoming message: acked when no window or publish is outstanding."""
-
-    message: Message
-    frame: Frame | None
-    windows_left: int
-    publishes_left: int
-    scores: np.ndarray | None = None
-    on_published: Callable[[], None] | None = None  # one callback for all its alerts
 
 
 class Service:
@@ -69,18 +54,9 @@ class Service:
         self.model = model
         self.notifier = notifier or Notifier()
         self.started_at = time.time()
-        self.batcher: Batcher[Delivery] = Batcher(
-            cfg.batch.max_batch, cfg.batch.max_wait_ms / 1000.0
-        )
+        self.batcher: Batcher[Token] = Batcher(cfg.batch.max_batch, cfg.batch.max_wait_ms / 1000.0)
         self.metrics = Metrics(queue_depth=lambda: float(self.batcher.queued))
         self.metrics.set_model(model.info.name, model.info.version, model.info.provider)
-        self.ingest = Ingest(
-            cfg.mqtt.topic_prefix,
-            model.info.window_length,
-            cfg.limits.max_payload_bytes,
-            cfg.limits.max_windows_per_message,
-            cfg.limits.max_abs_sample,
-        )
         self.storms = StormGuard(
             calibrated_fpr(model.info.metadata),
             device_windows=cfg.alerts.storm_windows,
@@ -88,23 +64,34 @@ class Service:
             min_share=cfg.alerts.storm_share,
         )
         self.storm: Storm | None = None  # the latest, carried in the status
-        self.policy = AlertPolicy(cfg.alerts.min_consecutive, cfg.alerts.cooldown_s)
+        self.pipe = Pipeline(cfg, self.metrics, self.batcher, self.storms, self._on_storm)
+        self.inputs: list[Input] = []
+        if cfg.inputs_windows and model.info.context_size:
+            raise ConfigError(
+                f"{model.info.path} takes a context input, which windows do not carry: "
+                "set streams.enabled = true and streams.windows = false"
+            )
+        if cfg.inputs_windows:
+            self.inputs.append(WindowInput(self.pipe, model.info.window_length))
+        if cfg.streams.enabled:
+            self.inputs.append(StreamInput(self.pipe, model))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.should_exit = False
         self.force_exit = False
-        self.draining = False
-        self.open_deliveries = 0
         self.exit_code = EXIT_OK
         self._stop = asyncio.Event()
         self._reloading = False
         self._background: set[asyncio.Task[bool]] = set()
-        self._inflight: asyncio.Queue[
-            tuple[Batch[Delivery], Model, asyncio.Future[Inference]] | None
-        ]
+        self._inflight: asyncio.Queue[tuple[Batch[Token], Model, asyncio.Future[Inference]] | None]
         self.bridge: MqttBridge | None = None
-        self._prefix = cfg.mqtt.topic_prefix
-        self._encoder: AlertEncoder | None = None
-        self._alert_topics: dict[str, bytes] = {}
+
+    @property
+    def draining(self) -> bool:
+        return self.pipe.draining
+
+    @property
+    def open_deliveries(self) -> int:
+        return sum(i.busy() for i in self.inputs)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -139,7 +126,7 @@ class Service:
             try:
                 self.bridge = MqttBridge(
                     self.cfg.mqtt,
-                    subscription=self.cfg.mqtt.subscription,
+                    subscription=[i.topic_filter for i in self.inputs],
                     will=(self.cfg.status_topic, self.status("offline").to_json()),
                     on_message=self._on_message,
                     on_online=self._on_online,
@@ -147,10 +134,13 @@ class Service:
                 )
             except (ssl.SSLError, OSError, ValueError) as e:  # TLS files paho cannot use
                 raise ConfigError(f"mqtt: {e}") from None
+            self.pipe.bridge = self.bridge
             producer = asyncio.create_task(self._produce(), name="batches")
             consumer = asyncio.create_task(self._consume(), name="results")
             tasks = [producer, consumer]
             tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+            for inp in self.inputs:
+                tasks.append(asyncio.create_task(inp.background(), name="input"))
             if self.cfg.model.watch_s > 0:
                 tasks.append(asyncio.create_task(self._watch_model(), name="model-watch"))
             online = asyncio.create_task(self.bridge.start())
@@ -161,12 +151,10 @@ class Service:
                 log.info(
                     "ready",
                     instance_id=self.cfg.service.instance_id,
-                    subscription=self.cfg.mqtt.subscription,
+                    subscription=[i.topic_filter for i in self.inputs],
                     model=self.model.info.name,
                     model_version=self.model.info.version,
                     provider=self.model.info.provider,
-                    max_batch=self.cfg.batch.max_batch,
-                    pipeline_depth=self.cfg.batch.pipeline_depth,
                 )
             await stop
             online.cancel()
@@ -204,7 +192,7 @@ class Service:
 
     async def _drain(self, producer: asyncio.Task[None], consumer: asyncio.Task[None]) -> None:
         assert self.bridge is not None
-        self.draining = True
+        self.pipe.draining = True
         timeout = self.cfg.service.drain_timeout_s
         self.notifier.stopping("draining")
         self.notifier.extend_timeout(timeout + 5.0)
@@ -259,49 +247,13 @@ class Service:
         )
 
     def _on_message(self, msg: Message) -> None:
-        """Called by the bridge for each message, on the loop: decode and hand to the batcher."""
-        assert self.bridge is not None
+        """Called by the bridge for each message, on the loop: to the input kind it is for."""
         if self.draining:
             return  # not acked: the broker redelivers it to the next session
-        result = self.ingest(msg.topic, msg.payload, msg.received_at)
-        if isinstance(result, Reject):
-            d = Delivery(msg, None, windows_left=0, publishes_left=0)
-            self.open_deliveries += 1
-            self._reject(d, result)
-            return
-        frame = result
-        cap = self.cfg.limits.queue_windows
-        if msg.qos == 0 and self.batcher.queued + frame.count > cap:
-            self.metrics.dropped.inc(frame.count)
-            return
-        self.metrics.windows_received.inc(frame.count)
-        scores = np.empty(frame.count, np.float32) if self.cfg.alerts.publish_scores else None
-        d = Delivery(msg, frame, frame.count, 0, scores)
-        self.open_deliveries += 1
-        self.batcher.put(frame, d)
-        if self.batcher.queued >= cap:
-            self.bridge.pause_reading()
-
-    def _reject(self, d: Delivery, reject: Reject) -> None:
-        """Publish a reject of d's message (its payload, cut to the broker's packet limit)."""
-        assert self.bridge is not None
-        self.metrics.rejected.inc(code=reject.code)
-        log.info("rejected", device_id=reject.device_id, code=reject.code, reason=reject.reason)
-        topic = self.ingest.reject_topic(reject)
-        self._publish(d, topic, reject.to_json(self.bridge.max_payload(topic)))
-
-    def _publish(self, d: Delivery, topic: str, payload: bytes) -> None:
-        """A QoS 1 output of d's message; d is acknowledged once every output has its PUBACK.
-        Counted only once it is queued, so a failure building or queueing it leaves d whole."""
-        assert self.bridge is not None
-        d.publishes_left += 1
-        try:
-            self.bridge.publish(
-                topic, payload, qos=1, on_done=functools.partial(self._published, d)
-            )
-        except BaseException:
-            d.publishes_left -= 1
-            raise
+        for inp in self.inputs:
+            if inp.accepts(msg.topic):
+                inp.on_message(msg)
+                return
 
     # ------------------------------------------------------------------ pipeline
 
@@ -316,7 +268,7 @@ class Service:
             if self.bridge is not None and self.bridge.paused and self.batcher.queued <= resume_at:
                 self.bridge.resume_reading()
             model = self.model
-            fut = loop.run_in_executor(self.executor, model.run, batch.windows)
+            fut = loop.run_in_executor(self.executor, model.run, batch.windows, batch.context)
             await self._inflight.put((batch, model, fut))
         await self._inflight.put(None)
 
@@ -337,132 +289,13 @@ class Service:
             except Exception as e:  # a bug must not stop the pipeline for everyone
                 self._fail_batch(batch, e)
 
-    def _fail_batch(self, batch: Batch[Delivery], error: Exception) -> None:
-        """Reject (internal_error, with the payload) every message this batch leaves open."""
+    def _fail_batch(self, batch: Batch[Token], error: Exception) -> None:
+        """Every segment's owner settles what this batch leaves open (windows: internal_error
+        rejects with the payload)."""
         self.metrics.batch_failures.inc()
         log.exception("batch_failed", batch_size=batch.size, error=f"{type(error).__name__}")
         for seg in batch.segments:
-            d = seg.token
-            if d.windows_left <= 0:
-                continue  # finished before the failure
-            d.windows_left = 0
-            d.scores = None
-            reason = f"the daemon failed on this message ({type(error).__name__}); see its log"
-            self._reject(d, self._reject_of(d, "internal_error", reason))
-
-    def _handle(self, batch: Batch[Delivery], model: Model, inference: Inference) -> None:
-        assert self.bridge is not None
-        threshold = self.threshold(model)
-        scores = score_batch(inference, threshold)
-        n = batch.size
-        m = self.metrics
-        m.windows_scored.inc(n)
-        m.batch_size.observe(n)
-        m.inference_seconds.observe(inference.seconds)
-        now = time.time()
-        segments = batch.segments
-        for seg in segments:
-            rows = slice(seg.offset, seg.offset + seg.count)
-            scored, hits_ = int(scores.finite[rows].sum()), int(scores.anomalous[rows].sum())
-            for storm in self.storms.feed(seg.frame.device_id, scored, hits_):
-                self._on_storm(storm)
-        alert_mask = scores.anomalous
-        if self.policy.active:
-            alert_mask = alert_mask.copy()
-            for seg in segments:
-                rows = slice(seg.offset, seg.offset + seg.count)
-                alert_mask[rows] = self.policy.admit(seg.frame.device_id, alert_mask[rows], now)
-        hits = np.flatnonzero(alert_mask)
-        if hits.size:
-            self._publish_alerts(batch, hits, scores, model, threshold)
-        log.debug(
-            "batch_scored",
-            batch_size=n,
-            alerts=int(hits.size),
-            inference_ms=round(inference.seconds * 1000, 3),
-            model_version=model.info.version,
-        )
-        for seg in segments:
-            d = seg.token
-            rows = slice(seg.offset, seg.offset + seg.count)
-            if d.scores is not None:
-                d.scores[seg.start : seg.stop] = scores.score[rows]
-            if not scores.finite[rows].all():
-                self._out_of_range(d, seg.frame, seg.start + np.flatnonzero(~scores.finite[rows]))
-            d.windows_left -= seg.count
-            if d.windows_left == 0:
-                if d.scores is not None:
-                    self._publish_scores(d, model, threshold)
-                self._check_done(d)
-
-    def _publish_alerts(
-        self, batch: Batch[Delivery], hits: np.ndarray, scores: Scores, model: Model, thr: float
-    ) -> None:
-        """One alert per hit row, encoded together and framed into one write (publish_many)."""
-        assert self.bridge is not None
-        segments = batch.segments
-        starts = np.fromiter((seg.offset for seg in segments), np.int64, len(segments))
-        which = np.searchsorted(starts, hits, side="right") - 1
-        bounds = np.flatnonzero(np.diff(which, prepend=-1))  # first hit of each segment
-        devices: list[str] = []
-        seqs: list[int] = []
-        ts: list[float] = []
-        received: list[float] = []
-        callbacks: list[Callable[[], None]] = []
-        for lo, hi in zip(bounds.tolist(), [*bounds[1:].tolist(), hits.size], strict=True):
-            seg = segments[int(which[lo])]
-            frame, d = seg.frame, seg.token
-            rows = hits[lo:hi] - (seg.offset - seg.start)
-            k = hi - lo
-            devices += [frame.device_id] * k
-            seqs += (rows + frame.seq).tolist()
-            if frame.fs is None:
-                ts += [frame.ts] * k
-            else:
-                ts += [frame.window_ts(r) for r in rows.tolist()]
-            received += [d.message.received_at] * k
-            if d.on_published is None:
-                d.on_published = functools.partial(self._published, d)
-            callbacks += [d.on_published] * k
-        if (
-            self._encoder is None
-            or self._encoder.model_version != model.info.version
-            or (self._encoder.threshold != thr)
-        ):
-            self._encoder = AlertEncoder(thr, model.info.name, model.info.version)
-        published_at = time.time()
-        payloads = self._encoder.encode(
-            devices,
-            seqs=seqs,
-            ts=ts,
-            scores=scores.score[hits].tolist(),
-            peaks=scores.peak_index[hits].tolist(),
-            received_at=received,
-            published_at=published_at,
-        )
-        topics = self._alert_topics
-        for dev in set(devices) - topics.keys():
-            topics[dev] = f"{self._prefix}/{dev}/alert".encode()
-        self.bridge.publish_many(
-            [(topics[dev], p, cb) for dev, p, cb in zip(devices, payloads, callbacks, strict=True)]
-        )
-        for lo, hi in zip(bounds.tolist(), [*bounds[1:].tolist(), hits.size], strict=True):
-            # counted once queued, as `_publish` does (a PUBACK can only come on a later read)
-            segments[int(which[lo])].token.publishes_left += hi - lo
-        self.metrics.latency_seconds.observe_many(published_at - np.array(received))
-        self.metrics.alerts.inc(hits.size)
-        log.debug("alerts", count=int(hits.size), first_device=devices[0], first_seq=seqs[0])
-
-    def _out_of_range(self, d: Delivery, frame: Frame, rows: np.ndarray) -> None:
-        """Windows the model scored NaN/inf: neither alert nor normal, so rejected."""
-        seqs = ", ".join(str(frame.seq + int(r)) for r in rows[:8])
-        more = f" and {rows.size - 8} more" if rows.size > 8 else ""
-        reason = f"score not finite (the model overflowed) for window seq {seqs}{more}"
-        self._reject(d, self._reject_of(d, "out_of_range", reason))
-
-    def _reject_of(self, d: Delivery, code: RejectCode, reason: str) -> Reject:
-        device_id = d.frame.device_id if d.frame is not None else ""
-        return Reject(device_id, code, reason, d.message.received_at, d.message.payload)
+            seg.token.owner.failed(seg, error)
 
     def _on_storm(self, storm: Storm) -> None:
         """Said once per storm: a log line, a metric, and the retained status."""
@@ -474,33 +307,25 @@ class Service:
             self.cfg.status_topic, self.status("online").to_json(), qos=1, retain=True
         )
 
-    def _publish_scores(self, d: Delivery, model: Model, threshold: float) -> None:
-        assert self.bridge is not None and d.frame is not None and d.scores is not None
-        frame = d.frame
-        report = ScoreReport(
-            device_id=frame.device_id,
-            seq=frame.seq,
-            ts=frame.ts,
-            scores=tuple(s if math.isfinite(s) else None for s in d.scores.tolist()),
-            threshold=threshold,
-            model=model.info.name,
+    def _handle(self, batch: Batch[Token], model: Model, inference: Inference) -> None:
+        """Score the batch once, then hand each segment's rows to the input that put them."""
+        threshold = self.threshold(model)
+        scores = score_batch(inference, threshold)
+        n = batch.size
+        m = self.metrics
+        m.windows_scored.inc(n)
+        m.batch_size.observe(n)
+        m.inference_seconds.observe(inference.seconds)
+        now = time.time()
+        for seg in batch.segments:
+            seg.token.owner.scored(seg, scores, model, threshold, now)
+        log.debug(
+            "batch_scored",
+            batch_size=n,
+            alerts=int(scores.anomalous.sum()),
+            inference_ms=round(inference.seconds * 1000, 3),
             model_version=model.info.version,
-            received_at=d.message.received_at,
-            published_at=time.time(),
         )
-        topic = f"{self._prefix}/{frame.device_id}/score"
-        for part in report.parts(self.bridge.max_payload(topic), frame.window_ts):
-            self._publish(d, topic, part)
-
-    def _published(self, d: Delivery) -> None:
-        d.publishes_left -= 1
-        self._check_done(d)
-
-    def _check_done(self, d: Delivery) -> None:
-        if d.windows_left == 0 and d.publishes_left == 0:
-            assert self.bridge is not None
-            self.bridge.ack(d.message)
-            self.open_deliveries -= 1
 
     # ------------------------------------------------------------------ model reload
 
@@ -536,6 +361,15 @@ class Service:
                     mc.path,
                     f"window length {new.info.window_length} != {old.window_length} of the "
                     "running model (restart the daemon to change it)",
+                )
+            same = ("ecg.segmentation",)
+            if any(new.info.metadata.get(k) != old.metadata.get(k) for k in same) or (
+                new.info.context_size != old.context_size
+            ):
+                raise ModelLoadError(
+                    mc.path,
+                    "segmentation or context input differs from the running model's "
+                    "(restart the daemon to change how beats are cut)",
                 )
         except ModelLoadError as e:
             self.metrics.reloads.inc(result="failed")

@@ -21,7 +21,7 @@ from typing import IO, Literal
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from monitor import wire
+from monitor import stream_sim, wire
 from monitor.beats import NORMAL_CLASS, read_ucr, synthetic_beats
 from monitor.broker import ClientOptions, add_client_options, connect
 from monitor.errors import DataError, MonitorError
@@ -309,6 +309,12 @@ class Fleet:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_client_options(parser)
+    parser.add_argument(
+        "--mode",
+        choices=["window", "stream"],
+        default="window",
+        help="window: cut heartbeat windows; stream: continuous ECG chunks (stream_sim)",
+    )
     parser.add_argument("--devices", type=int, default=10, help="number of devices")
     parser.add_argument(
         "--rate",
@@ -329,7 +335,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="synthetic[:N] (N beats made up front) or ucr:PATH (replay a UCR file, with labels)",
     )
     parser.add_argument(
-        "--format", choices=["json", "binary"], default="json", help="payload format"
+        "--format",
+        choices=["json", "binary", "f32", "i16"],
+        default=None,
+        help="payload format: json or binary (ECGW) for windows; f32 or binary (ECGS float32), "
+        "i16 (ECGS int16 + gain) or json for streams (default json / f32)",
     )
     parser.add_argument(
         "--windows-per-message", type=int, default=1, metavar="K", help="windows per message"
@@ -352,6 +362,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="write device_id,seq,label,is_anomaly,sent_at (CSV; JSON lines for .jsonl)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    stream_sim.configure(parser)
 
 
 def print_progress(stats: FleetStats) -> None:
@@ -364,6 +375,13 @@ def print_progress(stats: FleetStats) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.mode == "stream":
+        args.format = args.format or "f32"
+        return stream_sim.main(args)
+    args.format = args.format or "json"
+    if args.format not in ("json", "binary"):
+        print("ecg-monitor simulate: windows are json or binary", file=sys.stderr)
+        return 2
     try:
         pool = BeatPool.from_source(args.source, seed=args.seed)
         fraction = args.anomaly_fraction

@@ -70,6 +70,11 @@ class Frame:
         return int(self.samples.shape[0])
 
     @property
+    def context(self) -> None:
+        """Windows carry no per-row context features (see `monitor.batcher.Rows`)."""
+        return None
+
+    @property
     def length(self) -> int:
         return int(self.samples.shape[1])
 

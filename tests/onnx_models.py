@@ -7,6 +7,7 @@ so score = (1 - alpha) * sum |windows - template|: windows near the template sco
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +96,84 @@ def windows(n: int, anomalous: np.ndarray | None = None, seed: int = 0) -> np.nd
         for row, p in zip(idx, pos, strict=True):
             x[row, p - 5 : p + 5] += 8.0
     return x.astype(np.float32)
+
+
+def build_stream_model(
+    path: Path,
+    seg_json: str,
+    *,
+    length: int = LENGTH,
+    threshold: float = 20.0,
+    context: int = 0,
+    context_weight: float = 1.0,
+    name: str = "test-stream",
+    version: str = "v1",
+    calibration_scores: list[float] | None = None,
+) -> Path:
+    """A stream model: the affine model of `build_model` plus `ecg.segmentation`; with
+    `context` = k > 0 a second input `context` [batch, k] whose weighted sum is added to the
+    score (so a test can tell the daemon fed it exactly)."""
+    tmpl = numpy_helper.from_array(template(length)[None, :], "template")
+    alpha_t = numpy_helper.from_array(np.array(0.5, dtype=np.float32), "alpha")
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    nodes = [
+        helper.make_node("Sub", ["windows", "template"], ["centered"]),
+        helper.make_node("Mul", ["centered", "alpha"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "template"], ["reconstruction"]),
+        helper.make_node("Sub", ["windows", "reconstruction"], ["err"]),
+        helper.make_node("Abs", ["err"], ["abs_err"]),
+    ]
+    inits = [tmpl, alpha_t, axes]
+    inputs = [helper.make_tensor_value_info("windows", TensorProto.FLOAT, ["batch", length])]
+    if context:
+        w = numpy_helper.from_array(np.full((context,), context_weight, np.float32), "cw")
+        inits.append(w)
+        inputs.append(
+            helper.make_tensor_value_info("context", TensorProto.FLOAT, ["batch", context])
+        )
+        nodes += [
+            helper.make_node("ReduceSum", ["abs_err", "axes"], ["l1"], keepdims=0),
+            helper.make_node("Mul", ["context", "cw"], ["cwx"]),
+            helper.make_node("ReduceSum", ["cwx", "axes"], ["csum"], keepdims=0),
+            helper.make_node("Add", ["l1", "csum"], ["score"]),
+        ]
+    else:
+        nodes.append(helper.make_node("ReduceSum", ["abs_err", "axes"], ["score"], keepdims=0))
+    graph = helper.make_graph(
+        nodes,
+        name,
+        inputs,
+        [
+            helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, ["batch", length]),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
+        ],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    cal: dict[str, object] = {"method": "fixed"}
+    if calibration_scores is not None:
+        cal = {
+            "method": "quantile",
+            "n": len(calibration_scores),
+            "scores": sorted(calibration_scores),
+        }
+    helper.set_model_props(
+        model,
+        {
+            "ecg.window_length": str(length),
+            "ecg.threshold": repr(float(threshold)),
+            "ecg.score": "l1_sum",
+            "ecg.variant": "affine",
+            "ecg.model_name": name,
+            "ecg.model_version": version,
+            "ecg.preprocess": "none",
+            "ecg.calibration": json.dumps(cal),
+            "ecg.trained_on": '{"name": "none", "sha256": ""}',
+            "ecg.segmentation": seg_json,
+        },
+    )
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

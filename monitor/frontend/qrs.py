@@ -7,7 +7,7 @@ Pipeline per chunk, vectorised: band-pass 5-15 Hz -> five-point derivative -> sq
 samples `refractory_s` after them have arrived. Decisions run on candidates only:
 
 * adaptive thresholds from the medians of the last 8 QRS and the last 8 noise peak levels
-  (Hamilton-Tompkins): TH1 = noise + 0.15 (qrs - noise), search-back threshold TH2 = TH1 / 2;
+  (Hamilton-Tompkins): TH1 = noise + 0.10 (qrs - noise), search-back threshold TH2 = TH1 / 2;
 * T-wave discrimination: a candidate within 360 ms of the last QRS whose steepest slope is
   under half that QRS's slope is a T wave;
 * search-back: when no QRS was found for 1.66 x the mean of the last 8 RR intervals, the
@@ -83,7 +83,7 @@ class QrsDetector:
     searchback_factor = 1.66
     searchback_max_s = 2.0
     searchback_min_s = 0.5
-    th_fraction = 0.15
+    th_fraction = 0.10
     ring = 8
     noise_memory_s = 8.0
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from monitor.errors import DataError
 from monitor.frontend.filters import check_fs
 from monitor.frontend.qrs import QrsDetector
 from monitor.frontend.quality import QualityChange, QualityMonitor
@@ -60,6 +61,9 @@ class FrontEnd:
 
     def feed(self, start: int, samples: np.ndarray, fs: float | None = None) -> FrontEndOutput:
         x = np.asarray(samples, dtype=np.float64).ravel()
+        if not np.all(np.isfinite(x)):
+            # One NaN would poison every filter state from here on: refuse the chunk.
+            raise DataError("frontend", "non-finite samples in a stream chunk")
         changes: list[QualityChange] = []
         if fs is not None and float(fs) != self.fs:
             self._build(check_fs(fs), int(start))

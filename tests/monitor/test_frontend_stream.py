@@ -89,6 +89,18 @@ def test_a_gap_restarts_detection_and_reports_gap() -> None:
     assert np.all(later.r_index > 6000) and len(first.beats) > 0
 
 
+def test_non_finite_chunk_is_refused_and_state_survives() -> None:
+    fs = 250.0
+    s = synthetic_stream(30, fs, seed=17)
+    fe = FrontEnd(SEG, fs)
+    bad = s.signal_mv[:250].copy()
+    bad[3] = np.nan
+    with pytest.raises(DataError):
+        fe.feed(0, bad)
+    ref = _stream(FrontEnd(SEG, fs), s.signal_mv, 250)
+    assert np.array_equal(_stream(fe, s.signal_mv, 250).r_index, ref.r_index)
+
+
 def test_new_fs_restarts_the_pipeline() -> None:
     s = synthetic_stream(30, 250.0, seed=15)
     fe = FrontEnd(SEG, 360.0)
