@@ -210,16 +210,16 @@ def test_a_family_added_without_registry_or_label_declaration_is_exported() -> N
 
     class More(Metrics):
         def __init__(self) -> None:
-            self.storms = Counter("alarm_storms_total", "Storms, by scope.")
-            self.devices = Gauge("stream_devices", "Devices.")
+            self.extra = Counter("extra_events_total", "Extra events, by scope.")
+            self.devices = Gauge("extra_devices", "Devices.")
             super().__init__()
 
     m = More()
-    m.storms.inc(scope="fleet")
-    m.storms.inc(2, scope="device")
+    m.extra.inc(scope="fleet")
+    m.extra.inc(2, scope="device")
     m.devices.set(3)
     s = samples(m.render())
-    assert s[("ecg_monitor_alarm_storms_total", (("scope", "fleet"),))] == 1
-    assert s[("ecg_monitor_alarm_storms_total", (("scope", "device"),))] == 2
-    assert s[("ecg_monitor_stream_devices", ())] == 3
-    assert "# TYPE ecg_monitor_alarm_storms_total counter" in m.render()
+    assert s[("ecg_monitor_extra_events_total", (("scope", "fleet"),))] == 1
+    assert s[("ecg_monitor_extra_events_total", (("scope", "device"),))] == 2
+    assert s[("ecg_monitor_extra_devices", ())] == 3
+    assert "# TYPE ecg_monitor_extra_events_total counter" in m.render()
