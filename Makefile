@@ -7,13 +7,15 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch; a bare `torch` would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help venv test lint format demo models bench clean
+.PHONY: help venv test lint format demo models models-ecg5000 models-stream models-mitdb bench bench-calibration clean
 
 help:
 	@echo "make test    - create .venv (train+dev extras) and run lint-free test suite"
 	@echo "make lint    - ruff + mypy --strict on monitor/ and training/"
 	@echo "make demo    - runtime-only environment (no torch) and the one-command demo"
-	@echo "make models  - rebuild the bundled model under models/ with ecg-train"
+	@echo "make models  - rebuild the bundled models under models/ with ecg-train"
+	@echo "make models-stream - rebuild models/stream-synthetic-dense.onnx (synthetic stream)"
+	@echo "make models-mitdb  - rebuild models/mitdb-ds1-dense.onnx (needs ../shared/data/mitdb)"
 	@echo "make bench   - model-only and end-to-end benchmarks (see BENCHMARKS.md)"
 
 # pip shows what it downloads and installs (a fresh environment takes a while); PIP_FLAGS=-q
@@ -73,6 +75,39 @@ models: $(BIN)/.installed
 	$(BIN)/ecg-train fit $(MODEL_RECIPE) --device cpu --threads 1 --out runs/bundled-dense --quiet
 	$(BIN)/ecg-train export runs/bundled-dense --out $(BUNDLED)
 	$(BIN)/ecg-train evaluate $(BUNDLED) --data synthetic:20000 --json models/ecg-synthetic-dense.metrics.json
+	$(MAKE) models-ecg5000
+
+# The default windows model (models/MODEL_CARD.md): the dense recipe on the ECG5000 TRAIN
+# normals, cross-conformal calibration (every normal beat scored out of fold).
+ECG5000_TRAIN ?= /work/shared/data/ECG5000/ECG5000_TRAIN.arff
+ECG5000_MODEL := models/ecg5000-dense.onnx
+models-ecg5000: $(BIN)/.installed
+	rm -rf runs/ecg5000-dense
+	$(BIN)/ecg-train fit --config configs/train-dense.toml --data ucr:$(ECG5000_TRAIN) --seed 0 --device cpu --threads 1 --out runs/ecg5000-dense --quiet --no-plots
+	$(BIN)/ecg-train export runs/ecg5000-dense --out $(ECG5000_MODEL)
+	$(BIN)/ecg-train evaluate $(ECG5000_MODEL) --data ucr:$(ECG5000_TRAIN) --json models/ecg5000-dense.metrics.json
+
+# Repeated nested cross-validation of the calibration (BENCHMARKS.md, "Calibration").
+bench-calibration: $(BIN)/.installed
+	nice -n 10 $(BIN)/python bench/calibration.py cv --data ucr:$(ECG5000_TRAIN) --variants dense --repeats 1 --json runs/cv-dense.json
+	$(BIN)/python bench/calibration.py report runs/cv-*.json --benchmarks BENCHMARKS.md
+
+# Stream models (beats cut by monitor/frontend; models/MODEL_CARD.md). The synthetic one needs
+# no data; the MIT-BIH one trains on DS1 with leave-records-out CV and out-of-fold calibration.
+MITDB ?= ../shared/data/mitdb
+# Chosen by leave-records-out CV on DS1 (BENCHMARKS.md, "MIT-BIH inter-patient").
+MITDB_RECIPE ?= --variant dense --option lam=0.5 --option hidden=128 --latent-dim 8 --epochs 15 --folds 6
+models-stream: $(BIN)/.installed
+	rm -rf runs/stream-synthetic-dense
+	$(BIN)/ecg-train fit --data stream-synthetic:30 --seed 0 --threads 1 --out runs/stream-synthetic-dense --quiet --no-plots
+	$(BIN)/ecg-train export runs/stream-synthetic-dense --out models/stream-synthetic-dense.onnx
+	$(BIN)/ecg-train evaluate models/stream-synthetic-dense.onnx --data stream-synthetic:30 --seed 1 --json models/stream-synthetic-dense.metrics.json
+
+models-mitdb: $(BIN)/.installed
+	rm -rf runs/mitdb-ds1-dense
+	$(BIN)/ecg-train fit --data mitdb:$(MITDB) --records DS1 $(MITDB_RECIPE) --seed 0 --threads 1 --out runs/mitdb-ds1-dense --quiet --no-plots
+	$(BIN)/ecg-train export runs/mitdb-ds1-dense --out models/mitdb-ds1-dense.onnx
+	cp runs/mitdb-ds1-dense/cv.json models/mitdb-ds1-dense.cv.json
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/model_throughput.py

@@ -1,5 +1,14 @@
-"""Threshold calibration methods side by side on trained runs: anomalies missed and false
-alarms on each run's held-out test split, for the empirical quantile and the log-normal fit.
+"""Threshold calibration, measured.
+
+Repeated nested cross-validation of the default recipes (training.cv: outer folds hold normals
+out of everything; cross-conformal calibration inside), one JSON per run, then the table:
+
+    python bench/calibration.py cv --data ucr:/work/shared/data/ECG5000/ECG5000_TRAIN.arff \
+        --variants dense,vae --repeats 5 --json runs/cv-dense-vae.json
+    python bench/calibration.py report runs/cv-*.json --benchmarks BENCHMARKS.md
+
+and the older side-by-side of the validation-split methods on trained runs (anomalies missed
+and false alarms on each run's held-out test split):
 
     python bench/calibration.py RUN_DIR [RUN_DIR ...]   # e.g. `ecg-train compare`'s run dirs
 
@@ -10,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,9 +36,145 @@ from training.data import load_dataset  # noqa: E402
 from training.detector import Detector  # noqa: E402
 
 METHODS = ("quantile", "lognormal", "auto")
+SECTION = "calibration-cv"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cv"]:
+        return cv_main(argv[1:])
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
+    return runs_main(argv)
+
+
+def cv_main(argv: Sequence[str]) -> int:
+    import torch  # noqa: PLC0415
+
+    from bench.common import command_line, machine, now_utc  # noqa: PLC0415
+    from training.cv import nested_cv  # noqa: PLC0415
+    from training.multifit import Recipe  # noqa: PLC0415
+    from training.train import FitConfig  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog="bench/calibration.py cv")
+    p.add_argument("--data", required=True, help="ucr:PATH of a file with normals and anomalies")
+    p.add_argument("--variants", default="dense")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--outer", type=int, default=5)
+    p.add_argument("--inner", type=int, default=5)
+    p.add_argument("--fpr", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field for this run (e.g. epochs=40); says so in the JSON",
+    )
+    p.add_argument("--json", type=Path, required=True)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    kind, _, target = args.data.partition(":")
+    if kind != "ucr":
+        raise SystemExit("cv needs ucr:PATH")
+    from monitor.beats import NORMAL_CLASS, read_ucr  # noqa: PLC0415
+
+    x, y = read_ucr(Path(target))
+    normals, anomalies = x[y == NORMAL_CLASS], x[y != NORMAL_CLASS]
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    runs = []
+    for variant in args.variants.split(","):
+        cfg = FitConfig.for_variant(variant)
+        recipe = Recipe(
+            variant=variant,
+            latent_dim=cfg.latent_dim,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            patience=cfg.patience,
+            options=dict(cfg.options),
+            schedule=cfg.schedule,
+            grad_clip=cfg.grad_clip,
+        )
+        for key, value in overrides.items():
+            setattr(recipe, key, value)
+        out = nested_cv(
+            recipe,
+            normals,
+            anomalies,
+            repeats=args.repeats,
+            outer_k=args.outer,
+            inner_k=args.inner,
+            fpr=args.fpr,
+            seed=args.seed,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+        out["overrides"] = overrides
+        out["data"] = args.data
+        out["machine"] = machine()
+        out["when"] = now_utc()
+        out["command"] = command_line()
+        runs.append(out)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(runs, indent=2) + "\n")
+    return 0
+
+
+def _pct(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None or math.isnan(v) else f"{100 * v:.{digits}f}"
+
+
+def _bound_lower(proto: dict[str, Any]) -> float:
+    """α − 1/(n + 1) for the typical calibration size n of an outer fold."""
+    n = proto["normals"] * (proto["outer_k"] - 1) / proto["outer_k"]
+    return float(max(0.0, float(proto["fpr"]) - 1.0 / (n + 1.0)))
+
+
+def report_table(runs: list[dict[str, Any]], keys: Sequence[str]) -> str:
+    lines = [
+        "| variant | score / deployment | repeats × outer folds | ROC AUC | recall @0.1 % FA "
+        "| @1 % FA | @5 % FA | FA at the 1 % threshold ± s.e. | recall there "
+        "| split-conformal bound on FA |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for run in runs:
+        proto, res, over = run["protocol"], run["results"], run.get("overrides") or {}
+        name = str(run["variant"])
+        if over:
+            name += " (" + ", ".join(f"{k}={v}" for k, v in over.items()) + ")"
+        for key in keys:
+            r = res[key]
+            lines.append(
+                f"| {name} | {key} | {proto['repeats']} × {proto['outer_k']} "
+                f"| {r['roc_auc_pooled']:.4f} | {_pct(r['recall_at_0.001'])} "
+                f"| {_pct(r['recall_at_0.01'])} | {_pct(r['recall_at_0.05'])} "
+                f"| {_pct(r['fa_at_threshold'], 2)} ± {_pct(r['fa_se'], 2)} % "
+                f"| {_pct(r['recall_at_threshold'])} "
+                f"| [{_pct(_bound_lower(proto), 2)}, {_pct(r['bound_fa_upper'], 2)}] % |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def report_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="bench/calibration.py report")
+    p.add_argument("json", nargs="+", type=Path)
+    p.add_argument("--benchmarks", type=Path, help="write the section into this BENCHMARKS.md")
+    p.add_argument("--keys", default="l1/refit,std/refit,std/ensemble,std/cv+")
+    args = p.parse_args(argv)
+    runs = [run for path in args.json for run in json.loads(path.read_text())]
+    table = report_table(runs, args.keys.split(","))
+    print(table)
+    if args.benchmarks is not None:
+        from bench.sections import update_section  # noqa: PLC0415
+
+        update_section(args.benchmarks, SECTION, table)
+    return 0
+
+
+def runs_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="run directories written by ecg-train fit")
     p.add_argument("--fpr", type=float, default=0.01)

@@ -130,11 +130,13 @@ def run_load(
     )
     lat = Latencies(broker.port)
     try:
-        for _ in range(300):
+        for _ in range(1200):  # start-up is slow on a loaded machine: up to 2 minutes
             try:
                 metric(mport, "connected")
                 break
             except OSError:
+                if daemon.poll() is not None:
+                    raise RuntimeError(f"daemon exited {daemon.returncode}") from None
                 time.sleep(0.1)
         time.sleep(1.0)
         common = [

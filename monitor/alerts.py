@@ -53,11 +53,12 @@ class Alert:
             "model": self.model,
             "model_version": self.model_version,
             "peak_index": self.peak_index,
+            # every alert carries p_value (DESIGN.md); null for a model without calibration
+            # scores (monitor.calibration)
+            "p_value": self.p_value,
             "received_at": self.received_at,
             "published_at": self.published_at,
         }
-        if self.p_value is not None:
-            d["p_value"] = self.p_value
         if self.source != "window":
             d["source"] = self.source
             d["rr_s"] = self.rr_s
@@ -92,22 +93,26 @@ class AlertEncoder:
         peaks: Sequence[int],
         received_at: Sequence[float],
         published_at: float,
+        p_values: Sequence[float | None] | None = None,
     ) -> list[bytes]:
         mid, tail = self._middle, f',"published_at":{published_at!r}}}'
         fast = self._finite_threshold and math.isfinite(published_at)
+        pvs = [None] * len(device_ids) if p_values is None else p_values
         out: list[bytes] = []
-        for dev, seq, t, score, peak, rec in zip(
-            device_ids, seqs, ts, scores, peaks, received_at, strict=True
+        for dev, seq, t, score, peak, rec, pv in zip(
+            device_ids, seqs, ts, scores, peaks, received_at, pvs, strict=True
         ):
-            if fast and math.isfinite(t) and math.isfinite(score) and math.isfinite(rec):
+            pv_ok = pv is None or math.isfinite(pv)
+            if fast and pv_ok and math.isfinite(t) and math.isfinite(score) and math.isfinite(rec):
+                pj = "null" if pv is None else repr(pv)
                 out.append(
                     f'{{"device_id":"{dev}","seq":{seq},"ts":{t!r},"score":{score!r}{mid}'
-                    f'{peak},"received_at":{rec!r}{tail}'.encode()
+                    f'{peak},"p_value":{pj},"received_at":{rec!r}{tail}'.encode()
                 )
             else:
                 alert = Alert(
                     dev, seq, t, score, self.threshold, self.model, self.model_version, peak,
-                    rec, published_at,
+                    rec, published_at, p_value=pv,
                 )  # fmt: skip
                 out.append(alert.to_json())
         return out

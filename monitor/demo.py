@@ -41,7 +41,16 @@ from monitor.errors import MonitorError
 from monitor.simulate import BeatPool, Fleet, GroundTruthWriter, SentWindow
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL = MODELS_DIR / "ecg-synthetic-dense.onnx"
+DEFAULT_MODEL = MODELS_DIR / "ecg-synthetic-dense.onnx"  # for the synthetic fleet
+ECG5000_MODEL = MODELS_DIR / "ecg5000-dense.onnx"  # for ucr: replay of real ECG5000 beats
+
+
+def default_model(source: str) -> Path:
+    """The bundled model that matches the beats: the ECG5000 model for a `ucr:` replay, the
+    synthetic one for the synthetic generator (each alerts on nearly every beat of the other)."""
+    return ECG5000_MODEL if source.startswith("ucr") else DEFAULT_MODEL
+
+
 DAEMON_START_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 15.0
 AMQTT_NOTE = (
@@ -525,8 +534,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         type=Path,
-        default=DEFAULT_MODEL,
-        help="ONNX model the daemon loads",
+        default=None,
+        help=f"ONNX model the daemon loads (default {DEFAULT_MODEL.name} for synthetic beats, "
+        f"{ECG5000_MODEL.name} for --source ucr:PATH)",
     )
     parser.add_argument(
         "--source",
@@ -572,11 +582,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.model is None:
+        args.model = default_model(args.source)
     if args.mode == "stream":
         return int(importlib.import_module("monitor.stream_demo").main(args))
     model = args.model.resolve()
     if not model.is_file():
-        hint = " (build it with `make models`)" if args.model == DEFAULT_MODEL else ""
+        hint = " (build it with `make models`)" if args.model.parent == MODELS_DIR else ""
         print(f"ecg-monitor demo: no model at {model}{hint}", file=sys.stderr)
         return 2
     interrupted = threading.Event()

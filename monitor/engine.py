@@ -27,6 +27,7 @@ import onnxruntime as ort
 import structlog
 
 from monitor.beats import zscore  # the same normalisation training uses
+from monitor.calibration import CalibrationError, PValues
 from monitor.errors import ModelLoadError
 
 log = structlog.get_logger("monitor.engine")
@@ -55,6 +56,7 @@ class ModelInfo:
     preprocess: str
     provider: str  # "CUDAExecutionProvider" or "CPUExecutionProvider"
     metadata: dict[str, str] = field(default_factory=dict)
+    p_values: PValues | None = None  # from ecg.calibration's scores; None: alerts say null
     context_size: int = 0  # k of the optional `context` input; 0 = the model has none
 
 
@@ -311,6 +313,10 @@ def _check_contract(path: str, session: Any, provider: str) -> ModelInfo:
     preprocess = meta.get("ecg.preprocess", "none").strip() or "none"
     if preprocess not in PREPROCESS:
         raise ModelLoadError(path, f"ecg.preprocess {preprocess!r} is not one of {PREPROCESS}")
+    try:
+        p_values = PValues.from_metadata(meta)
+    except CalibrationError as e:
+        raise ModelLoadError(path, f"ecg.calibration: {e}") from None
     return ModelInfo(
         path=path,
         name=need("ecg.model_name"),
@@ -320,6 +326,7 @@ def _check_contract(path: str, session: Any, provider: str) -> ModelInfo:
         preprocess=preprocess,
         provider=provider,
         metadata=meta,
+        p_values=p_values,
         context_size=context_size,
     )
 

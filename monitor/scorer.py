@@ -4,8 +4,10 @@ A window whose score is not finite (NaN or inf: the model's arithmetic overflowe
 never anomalous and never "normal": `finite` is False and the daemon rejects it as
 `out_of_range` with its payload.
 
-`peak_index` is where the window deviates most from its reconstruction (argmax of the
-absolute error over what the model compared, i.e. after any preprocessing).
+`p_value` is the calibrated p-value of each score (monitor.calibration), None when the model
+carries no calibration scores (a non-finite score gets p = 1). `peak_index` is where the
+window deviates most from its reconstruction (argmax of the absolute error over what the
+model compared, i.e. after any preprocessing).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from monitor.calibration import PValues
 from monitor.engine import Inference
 
 
@@ -26,10 +29,11 @@ class Scores:
     finite: np.ndarray  # bool
     peak_index: np.ndarray  # int64
     threshold: float
+    p_value: np.ndarray | None = None  # float64, or None without calibration scores
 
 
-def score_batch(inference: Inference, threshold: float) -> Scores:
-    """Vectorised: one comparison and one argmax over the whole batch."""
+def score_batch(inference: Inference, threshold: float, p_values: PValues | None = None) -> Scores:
+    """Vectorised: one comparison, one argmax and one searchsorted over the whole batch."""
     score = inference.score
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(inference.inputs - inference.reconstruction)
@@ -40,4 +44,5 @@ def score_batch(inference: Inference, threshold: float) -> Scores:
         finite=finite,
         peak_index=np.argmax(err, axis=1),
         threshold=float(threshold),
+        p_value=None if p_values is None else p_values.p_values(score),
     )

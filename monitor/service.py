@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import importlib
 import signal
 import ssl
 import sys
@@ -34,7 +35,6 @@ from monitor.mqtt import Message, MqttBridge
 from monitor.pipeline import Input, Pipeline, Token
 from monitor.scorer import score_batch
 from monitor.storm import Storm, StormGuard, calibrated_fpr
-from monitor.streams import StreamInput
 from monitor.systemd import Notifier
 from monitor.windows import WindowInput
 
@@ -74,7 +74,9 @@ class Service:
         if cfg.inputs_windows:
             self.inputs.append(WindowInput(self.pipe, model.info.window_length))
         if cfg.streams.enabled:
-            self.inputs.append(StreamInput(self.pipe, model))
+            # imported only when used: the front end brings scipy (seconds of start-up)
+            streams = importlib.import_module("monitor.streams")
+            self.inputs.append(streams.StreamInput(self.pipe, model))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.should_exit = False
         self.force_exit = False
@@ -310,7 +312,7 @@ class Service:
     def _handle(self, batch: Batch[Token], model: Model, inference: Inference) -> None:
         """Score the batch once, then hand each segment's rows to the input that put them."""
         threshold = self.threshold(model)
-        scores = score_batch(inference, threshold)
+        scores = score_batch(inference, threshold, model.info.p_values)
         n = batch.size
         m = self.metrics
         m.windows_scored.inc(n)

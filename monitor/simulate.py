@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import heapq
+import importlib
 import json
 import sys
 import threading
@@ -16,12 +17,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from monitor import stream_sim, wire
+from monitor import wire
 from monitor.beats import NORMAL_CLASS, read_ucr, synthetic_beats
 from monitor.broker import ClientOptions, add_client_options, connect
 from monitor.errors import DataError, MonitorError
@@ -307,6 +308,11 @@ class Fleet:
         self.stop_event.set()
 
 
+def _stream_sim() -> Any:
+    """monitor.stream_sim, imported when used: the front end brings scipy (slow to import)."""
+    return importlib.import_module("monitor.stream_sim")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_client_options(parser)
     parser.add_argument(
@@ -362,7 +368,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="write device_id,seq,label,is_anomaly,sent_at (CSV; JSON lines for .jsonl)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    stream_sim.configure(parser)
+    configure_stream(parser)
+
+
+def configure_stream(parser: argparse.ArgumentParser) -> None:
+    """Options of `simulate --mode stream` (monitor.stream_sim), beside the window fleet's."""
+    g = parser.add_argument_group("stream mode (--mode stream)")
+    g.add_argument("--records", help="mitdb records to replay, comma separated (100,101,...)")
+    g.add_argument(
+        "--speed", type=float, default=1.0, help="1 = real time, 0 = as fast as possible"
+    )
+    g.add_argument("--chunk-s", type=float, default=1.0, help="seconds of signal per chunk")
+    g.add_argument("--record-s", type=float, default=300.0, help="synthetic recording length (s)")
+    g.add_argument("--fs", type=float, default=360.0, help="synthetic sampling rate (Hz)")
+    g.add_argument("--artefacts", type=int, default=2, help="noise bursts per synthetic record")
+    g.add_argument(
+        "--lead-off", type=int, default=1, help="lead-off stretches per synthetic record"
+    )
+    g.add_argument("--gain", type=float, default=200.0, help="ADC units per mV (--format i16)")
+    g.add_argument("--loop", action="store_true", help="replay recordings again and again")
+    g.add_argument(
+        "--wall-clock",
+        action="store_true",
+        help="device time of sample 0 = now (alert ts is then comparable with published_at)",
+    )
 
 
 def print_progress(stats: FleetStats) -> None:
@@ -377,7 +406,7 @@ def print_progress(stats: FleetStats) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.mode == "stream":
         args.format = args.format or "f32"
-        return stream_sim.main(args)
+        return int(_stream_sim().main(args))
     args.format = args.format or "json"
     if args.format not in ("json", "binary"):
         print("ecg-monitor simulate: windows are json or binary", file=sys.stderr)

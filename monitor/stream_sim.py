@@ -284,29 +284,6 @@ class StreamFleet:
         return self.acked >= self.chunks
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Options of `simulate --mode stream` (beside the window fleet's)."""
-    g = parser.add_argument_group("stream mode (--mode stream)")
-    g.add_argument("--records", help="mitdb records to replay, comma separated (100,101,...)")
-    g.add_argument(
-        "--speed", type=float, default=1.0, help="1 = real time, 0 = as fast as possible"
-    )
-    g.add_argument("--chunk-s", type=float, default=1.0, help="seconds of signal per chunk")
-    g.add_argument("--record-s", type=float, default=300.0, help="synthetic recording length (s)")
-    g.add_argument("--fs", type=float, default=360.0, help="synthetic sampling rate (Hz)")
-    g.add_argument("--artefacts", type=int, default=2, help="noise bursts per synthetic record")
-    g.add_argument(
-        "--lead-off", type=int, default=1, help="lead-off stretches per synthetic record"
-    )
-    g.add_argument("--gain", type=float, default=200.0, help="ADC units per mV (--format i16)")
-    g.add_argument("--loop", action="store_true", help="replay recordings again and again")
-    g.add_argument(
-        "--wall-clock",
-        action="store_true",
-        help="device time of sample 0 = now (alert ts is then comparable with published_at)",
-    )
-
-
 def main(args: argparse.Namespace) -> int:
     fmt = {"binary": "f32"}.get(args.format, args.format)
     try:

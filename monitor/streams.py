@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import math
 import time
 import zlib
@@ -96,6 +95,7 @@ class Device:
     open_publishes: int = 0  # quality events not yet acknowledged
     quality: list[tuple[int, str]] = field(default_factory=list)  # (since, state), ascending
     flushed: bool = False  # the front end was flushed for idleness (no more feeds expected)
+    last_count: int = 0  # the input's chunk count at this device's last chunk
 
     def ts_of(self, index: np.ndarray) -> np.ndarray:
         start, ts = self.anchor
@@ -128,6 +128,8 @@ class StreamInput:
         # every device would wait for chunks that cannot come: the oldest are acked instead.
         self.held_cap = max(1, rm - max(16, rm // 20))
         self.forced_acks = 0
+        self.chunk_count = 0
+        self.last_chunk_at = time.monotonic()
         self._tail = "/stream"
         self._last_sweep = time.monotonic()
         pipe.metrics.stream_devices.set(0)
@@ -181,7 +183,10 @@ class StreamInput:
             self._reject(msg, Reject(raw_device, e.code, e.reason, msg.received_at, msg.payload))
             return
         m.chunks_received.inc()
+        self.chunk_count += 1
+        self.last_chunk_at = now
         dev.last_seen = now
+        dev.last_count = self.chunk_count
         if dev.flushed:  # back after being flushed for idleness: start afresh
             dev.fe = FrontEnd(self.seg, chunk.fs)
             dev.flushed = False
@@ -306,7 +311,8 @@ class StreamInput:
         hits = np.flatnonzero(mask)
         if hits.size:
             info = model.info
-            pv = p_values(model, scores.score[rows][hits])
+            pvs = scores.p_value
+            pv = [None] * hits.size if pvs is None else pvs[rows][hits].tolist()
             for i, score, peak, pval in zip(
                 hits.tolist(),
                 scores.score[rows][hits].tolist(),
@@ -334,12 +340,7 @@ class StreamInput:
                     rr_s=rr_s,
                     hr_bpm=None if rr_s is None else 60.0 / rr_s,
                 )
-                b.publishes_left += 1
-                p.publish(
-                    f"{p.prefix}/{dev.device_id}/alert",
-                    alert.to_json(),
-                    on_done=functools.partial(self._published, b),
-                )
+                self._publish(b, f"{p.prefix}/{dev.device_id}/alert", alert.to_json())
                 m.latency_seconds.observe(published_at - b.received_at)
             m.alerts.inc(hits.size)
         b.rows_left -= seg.count
@@ -355,12 +356,7 @@ class StreamInput:
                 received_at=b.received_at,
                 published_at=time.time(),
             )
-            b.publishes_left += 1
-            p.publish(
-                f"{p.prefix}/{dev.device_id}/score",
-                report.to_json(),
-                on_done=functools.partial(self._published, b),
-            )
+            self._publish(b, f"{p.prefix}/{dev.device_id}/score", report.to_json())
         self._check_done(b)
 
     def failed(self, seg: Segment[Token], error: Exception) -> None:
@@ -374,6 +370,15 @@ class StreamInput:
         b.scores = None
         log.error("beats_failed", device_id=b.device.device_id, seqs=b.r_index[:8].tolist())
         self._check_done(b)
+
+    def _publish(self, b: Beats, topic: str, payload: bytes) -> None:
+        """A QoS 1 output of these beats, counted only once queued (a failure leaves b whole)."""
+        b.publishes_left += 1
+        try:
+            self.p.publish(topic, payload, on_done=functools.partial(self._published, b))
+        except BaseException:
+            b.publishes_left -= 1
+            raise
 
     def _published(self, b: Beats) -> None:
         b.publishes_left -= 1
@@ -434,10 +439,20 @@ class StreamInput:
         what is left, as offline at the end of a record) and those beats scored; once none is
         open the held chunks are acknowledged and the device forgotten (it re-learns when it
         returns). Returns how many were forgotten."""
-        cutoff = now - self.cfg.idle_forget_s
+        idle_s = self.cfg.idle_forget_s
+        cutoff = now - idle_s
+        if self.p.bridge is not None and self.p.bridge.paused:
+            return 0  # backpressure: devices are not silent, we are not reading
+        # Silent by the clock is not enough: after the event loop stalls (or the daemon was
+        # away) every device looks silent until the backlog is read. A device is idle when
+        # the others sent plenty since its last chunk, or when no device sent anything lately.
+        quiet = now - self.last_chunk_at >= idle_s / 2
+        plenty = 2 * len(self.devices)
         gone = 0
         for dev in [d for d in self.devices.values() if d.last_seen < cutoff]:
             if dev.open_beats or dev.open_publishes:
+                continue
+            if not quiet and self.chunk_count - dev.last_count < plenty:
                 continue
             if not dev.flushed:
                 dev.flushed = True
@@ -492,32 +507,3 @@ def segmentation_of(model: Model) -> Segmentation:
             f"ecg.window_length {model.info.window_length}"
         )
     return seg
-
-
-def p_values(model: Model, scores: np.ndarray) -> list[float | None]:
-    """(1 + #{calibration normals >= s}) / (n + 1) when `ecg.calibration` holds its scores."""
-    cal = _calibration_scores(model)
-    if cal is None:
-        return [None] * int(scores.size)
-    ge = cal.size - np.searchsorted(cal, scores.astype(np.float64), side="left")
-    out: list[float | None] = ((1.0 + ge) / (cal.size + 1.0)).tolist()
-    return out
-
-
-@functools.lru_cache(maxsize=8)
-def _calibration_cached(raw: str) -> np.ndarray | None:
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        return None
-    values = obj.get("scores") if isinstance(obj, dict) else None
-    if not isinstance(values, list) or not values:
-        return None
-    try:
-        return np.sort(np.asarray(values, dtype=np.float64))
-    except (TypeError, ValueError):
-        return None
-
-
-def _calibration_scores(model: Model) -> np.ndarray | None:
-    return _calibration_cached(model.info.metadata.get("ecg.calibration", ""))

@@ -185,6 +185,7 @@ class WindowInput:
             peaks=scores.peak_index[rows][hits].tolist(),
             received_at=[received] * k,
             published_at=published_at,
+            p_values=None if scores.p_value is None else scores.p_value[rows][hits].tolist(),
         )
         if d.on_published is None:
             d.on_published = functools.partial(self._published, d)

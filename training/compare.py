@@ -202,7 +202,14 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("pr_auc", "PR AUC", 4),
     ("recall", "recall @thr", 3),
     ("false_alarm_rate", "false alarms @thr", 3),
+    ("recall_at_0.1pct_fpr", "recall @0.1% FA", 3),
     ("recall_at_1pct_fpr", "recall @1% FA", 3),
+    ("recall_at_5pct_fpr", "recall @5% FA", 3),
+    ("cv_roc_auc", "CV ROC AUC", 4),
+    ("cv_recall_at_0.001", "CV recall @0.1% FA", 3),
+    ("cv_recall_at_0.01", "CV recall @1% FA", 3),
+    ("cv_recall_at_0.05", "CV recall @5% FA", 3),
+    ("cv_fa", "CV FA held-out normals (target)", 0),
     ("threshold", "threshold", 2),
     ("parameters", "params", 0),
     ("mflop_per_window", "MFLOP/window", 3),
@@ -222,6 +229,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             value = row.get(key)
             if key == "ort_cpu_windows_per_s" and isinstance(value, float):
                 cells.append(f"{value:,.0f}")
+            elif key == "cv_fa" and isinstance(value, dict):
+                cells.append(
+                    f"{100 * value['fa']:.2f} ± {100 * value['se']:.2f} % "
+                    f"({100 * value['target']:g} %)"
+                )
             else:
                 cells.append(_fmt(value, digits))
         lines.append("| " + " | ".join(cells) + " |")
@@ -262,6 +274,8 @@ def compare_variant(
                 "recall": float(metrics["recall"]),
                 "false_alarm_rate": float(metrics["false_alarm_rate"]),
                 "recall_at_1pct_fpr": metrics.get("recall_at_1pct_fpr"),
+                "recall_at_0.1pct_fpr": metrics.get("recall_at_0.1pct_fpr"),
+                "recall_at_5pct_fpr": metrics.get("recall_at_5pct_fpr"),
                 "threshold": float(metrics["threshold"]),
                 "parameters": int(record["parameters"]),
                 "epochs_run": int(record["epochs_run"]),
@@ -281,11 +295,42 @@ def compare_variant(
             threads=args.ort_threads,
         )
         row["onnx"] = str(onnx_path)
+        if args.cv_repeats > 0:
+            row.update(cross_validate(cfg, dataset, args))
     except TrainingError as exc:
         row["error"] = str(exc)
     if "mflop_per_window" not in row and "mflop_torch_modules" in row:
         row["mflop_per_window"] = row["mflop_torch_modules"]  # no ONNX file to count
     return row
+
+
+def cross_validate(cfg: FitConfig, dataset: Dataset, args: argparse.Namespace) -> dict[str, Any]:
+    """Repeated nested CV of the recipe (training.cv) on every normal and anomalous window of
+    the spec; the row gets its pooled numbers for the deployment `ecg-train fit` makes."""
+    from training.cv import nested_cv  # noqa: PLC0415
+    from training.train import recipe_of  # noqa: PLC0415
+
+    anomalous = dataset.test_is_anomaly
+    normals = np.concatenate([dataset.train, dataset.val, dataset.test_x[~anomalous]])
+    result = nested_cv(
+        recipe_of(cfg, zscore=dataset.preprocess == "zscore"),
+        normals,
+        dataset.test_x[anomalous],
+        repeats=args.cv_repeats,
+        outer_k=args.cv_folds,
+        inner_k=cfg.folds,
+        fpr=cfg.fpr,
+        seed=cfg.seed,
+    )
+    r = result["results"][f"{cfg.score}/refit"]
+    return {
+        "cv_roc_auc": r["roc_auc_pooled"],
+        "cv_recall_at_0.001": r["recall_at_0.001"],
+        "cv_recall_at_0.01": r["recall_at_0.01"],
+        "cv_recall_at_0.05": r["recall_at_0.05"],
+        "cv_fa": {"fa": r["fa_at_threshold"], "se": r["fa_se"], "target": cfg.fpr},
+        "cv": result,
+    }
 
 
 def _progress_line(row: dict[str, Any]) -> str:
@@ -344,7 +389,9 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
         f"# Variant comparison on `{args.data}`\n\n"
         f"Protocol {ds['protocol']}, seed {ds['seed']}: {ds['train']} normal train, "
         f"{ds['val']} normal validation, {ds['test']} test windows "
-        f"({ds['test_anomalies']} anomalous). Threshold from normal validation scores. "
+        f"({ds['test_anomalies']} anomalous). Threshold: each variant's calibration "
+        f"(default cross-conformal). CV columns (with --cv-repeats): repeated nested "
+        f"cross-validation, FA measured on normals held out from training and calibration. "
         f"Throughput: ONNX Runtime CPU, batch {THROUGHPUT_BATCH}, "
         f"{args.ort_threads or 'default'} intra-op threads on {os.cpu_count()} CPUs. "
         f"MFLOP: 2 x multiply-adds of the MatMul/Gemm/LSTM weights per window.\n\n"
@@ -404,6 +451,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "seed", "ucr"),
         help="how to split the data, as for fit",
     )
+    parser.add_argument(
+        "--cv-repeats",
+        type=int,
+        default=0,
+        help="also run repeated nested CV (R x --cv-folds outer folds) per variant: the CV columns",
+    )
+    parser.add_argument("--cv-folds", type=int, default=5, help="outer folds of the CV")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -51,6 +51,17 @@ class Dataset:
     class_names: dict[int, str]
     normal_classes: tuple[int, ...] = (NORMAL_CLASS,)
     preprocess: str = "zscore"
+    # Optional group label (e.g. the record id) of each train / val window: cross-conformal
+    # calibration then keeps each group in one fold (leave-records-out). None: by window.
+    train_groups: np.ndarray | None = None
+    val_groups: np.ndarray | None = None
+
+    @property
+    def normal_groups(self) -> np.ndarray | None:
+        """Group labels of concat(train, val), or None when the data set has none."""
+        if self.train_groups is None or self.val_groups is None:
+            return None
+        return np.concatenate([self.train_groups, self.val_groups])
 
     @property
     def window_length(self) -> int:

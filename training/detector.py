@@ -53,7 +53,10 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
 def model_from_checkpoint(ckpt: dict[str, Any]) -> Autoencoder:
     spec = ckpt["model"]
     model = build_model(spec["variant"], spec["input_dim"], spec["latent_dim"], **spec["options"])
-    model.load_state_dict(ckpt["state_dict"])
+    state = dict(ckpt["state_dict"])
+    # checkpoints from before standardised scores have no score_weight: unit weights
+    state.setdefault("score_weight", torch.ones(int(spec["input_dim"])))
+    model.load_state_dict(state)
     model.eval()
     return model
 

@@ -134,9 +134,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         required=True,
-        help="data whose test beats to score: ucr:PATH, synthetic[:N] or mnist:DIR",
+        help="data whose test beats to score: ucr:PATH, synthetic[:N], mnist:DIR, mitdb:DIR or "
+        "stream-synthetic[:MINUTES]",
     )
     parser.add_argument("--json", type=Path, help="write the metrics here as JSON")
+    parser.add_argument("--records", help="mitdb records: DS1, DS2, all, names, comma lists")
+    parser.add_argument("--lead", default="MLII", help="mitdb lead by header name (default: MLII)")
+    parser.add_argument(
+        "--beats", type=Path, help="write one CSV row per detected beat: record,r_index,label,score"
+    )
     parser.add_argument(
         "--plots", type=Path, help="write PNG plots into this folder (default: none)"
     )
@@ -156,6 +162,10 @@ def _trained_seed(info: dict[str, Any]) -> int:
 
 def main(args: argparse.Namespace) -> int:
     path: Path = args.model
+    if args.data.partition(":")[0] in ("mitdb", "stream-synthetic"):
+        from training.stream_train import evaluate_main  # noqa: PLC0415 (beats, front end)
+
+        return evaluate_main(args)
     if path.is_dir():
         from training.detector import Detector  # noqa: PLC0415 (torch only when needed)
 

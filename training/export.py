@@ -64,7 +64,8 @@ def _metadata(ckpt: dict[str, Any], run_dir: Path, model: Autoencoder) -> dict[s
     return {
         "ecg.window_length": str(model.input_dim),
         "ecg.threshold": repr(float(calibration["threshold"])),
-        "ecg.score": "l1_sum",
+        # std_l1_sum: Σ w_j |x_j − r_j| with per-sample weights baked into the graph
+        "ecg.score": "std_l1_sum" if model.standardised else "l1_sum",
         "ecg.variant": model.variant,
         "ecg.model_name": f"{str(data['name']).lower()}-{model.variant}",
         "ecg.model_version": version,
@@ -133,6 +134,10 @@ def export_run(run_dir: Path, out: Path) -> Path:
     """Write RUN_DIR's model as ONNX to OUT with its metadata; fail unless it matches torch."""
     run_dir, out = Path(run_dir), Path(out)
     ckpt = load_checkpoint(run_dir)
+    if "stream" in ckpt:  # trained on continuous records: windows + context inputs
+        from training.stream_export import export_stream_run  # noqa: PLC0415
+
+        return export_stream_run(ckpt, run_dir, out)
     model = model_from_checkpoint(ckpt)
     graph = ScoringGraph(model).eval()
     out.parent.mkdir(parents=True, exist_ok=True)

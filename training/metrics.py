@@ -117,6 +117,8 @@ def detection_metrics(
         "f1": f1,
         "false_alarm_rate": fp / (fp + tn) if fp + tn else 0.0,
         "recall_at_1pct_fpr": recall_at_fpr(s, is_anomaly, FPR_GOAL),
+        "recall_at_0.1pct_fpr": recall_at_fpr(s, is_anomaly, 0.001),
+        "recall_at_5pct_fpr": recall_at_fpr(s, is_anomaly, 0.05),
         "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
         "per_class": per_class,
     }

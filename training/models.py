@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from training.errors import TrainingError
 
 ZSCORE_EPS = 1e-6
+SPREAD_FLOOR = 0.1  # of the mean spread, added to each sample's spread (standardise_score)
 
 
 def l1_sum(x: Tensor, recon: Tensor) -> Tensor:
@@ -37,6 +38,10 @@ class Autoencoder(nn.Module):
         self.latent_dim = latent_dim
         self.zscore = zscore
         self.options: dict[str, Any] = {"zscore": zscore}
+        # Per-sample weights of the score: ones = the plain L1 sum; `standardise_score` sets
+        # them to 1 / (spread of that sample's error over normal beats), so the exported graph
+        # scores a standardised residual and `score` stays one number.
+        self.register_buffer("score_weight", torch.ones(input_dim))
 
     def prepare(self, x: Tensor) -> Tensor:
         """The model's input preprocessing: per-window z-score (population std) or identity."""
@@ -54,10 +59,36 @@ class Autoencoder(nn.Module):
         return self.reconstruct_prepared(self.prepare(x))
 
     def score(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(L1-sum score [B], reconstruction [B, L]) — what the exported graph computes."""
+        """(weighted L1-sum score [B], reconstruction [B, L]) — what the exported graph
+        computes; with the default unit weights, the plain L1 sum."""
         xp = self.prepare(x)
         recon = self.reconstruct_prepared(xp)
-        return l1_sum(xp, recon), recon
+        weight = self._score_weight()
+        return ((xp - recon).abs() * weight).sum(dim=1), recon
+
+    def _score_weight(self) -> Tensor:
+        weight = self.score_weight
+        assert isinstance(weight, Tensor)
+        return weight
+
+    @property
+    def standardised(self) -> bool:
+        return bool((self._score_weight() != 1).any())
+
+    def standardise_score(self, x_normal: Tensor, floor: float = SPREAD_FLOOR) -> Tensor:
+        """Weight each sample's error by 1 / its spread over these normal windows.
+
+        Spread s_j = mean |x_j − r_j| over the windows; weights w_j = 1 / (s_j + floor · mean s),
+        rescaled to mean 1 (the floor keeps a flat, perfectly reconstructed stretch from
+        dominating). Sets and returns the weights."""
+        with torch.no_grad():
+            weight = self._score_weight()
+            weight.fill_(1.0)
+            xp = self.prepare(x_normal)
+            spread = (xp - self.reconstruct_prepared(xp)).abs().mean(dim=0)
+            w = 1.0 / (spread + floor * spread.mean() + 1e-12)
+            weight.copy_(w / w.mean())
+        return weight.clone()
 
     def loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(total training loss, mean L1-sum reconstruction loss) for a batch."""

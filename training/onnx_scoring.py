@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from monitor.beats import check_windows, zscore
+from monitor.frontend.segment import Segmentation
 from training.errors import TrainingError
 
 REQUIRED_METADATA = (
@@ -50,18 +51,36 @@ class OnnxModel:
         self.model_version = meta["ecg.model_version"]
         self.calibration: dict[str, Any] = json.loads(meta["ecg.calibration"])
         self.trained_on: dict[str, Any] = json.loads(meta["ecg.trained_on"])
+        # Stream models: how beats are cut, and an optional second input `context` [n, k].
+        self.segmentation: Segmentation | None = (
+            Segmentation.from_json(meta["ecg.segmentation"]) if "ecg.segmentation" in meta else None
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.has_context = "context" in self.input_names
 
-    def score(self, x: np.ndarray, *, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """(L1-sum scores float32 [n], reconstructions float32 [n, L]), after the preprocessing
-        the model's `ecg.preprocess` asks the caller for (as the daemon applies it)."""
+    def score(
+        self, x: np.ndarray, *, context: np.ndarray | None = None, batch: int = 1024
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores float32 [n], reconstructions float32 [n, L]), after the preprocessing
+        the model's `ecg.preprocess` asks the caller for (as the daemon applies it); a model
+        with a `context` input is fed CONTEXT float32 [n, k] (the front end's features)."""
         x = check_windows(x, str(self.path), self.window_length)
         if self.metadata["ecg.preprocess"] == "zscore":
             x = zscore(x)
+        ctx: np.ndarray | None = None
+        if self.has_context:
+            k = len(self.segmentation.context) if self.segmentation is not None else None
+            if context is None:
+                raise TrainingError(f"{self.path}: the model needs a context input [n, {k}]")
+            ctx = np.asarray(context, dtype=np.float32).reshape(x.shape[0], -1)
+            if k is not None and ctx.shape[1] != k:
+                raise TrainingError(f"{self.path}: context has {ctx.shape[1]} columns, not {k}")
         scores, recons = [], []
         for i in range(0, x.shape[0], batch):
-            recon, score = self.session.run(
-                ["reconstruction", "score"], {"windows": np.ascontiguousarray(x[i : i + batch])}
-            )
+            feeds = {"windows": np.ascontiguousarray(x[i : i + batch])}
+            if ctx is not None:
+                feeds["context"] = np.ascontiguousarray(ctx[i : i + batch])
+            recon, score = self.session.run(["reconstruction", "score"], feeds)
             scores.append(np.asarray(score, dtype=np.float32))
             recons.append(np.asarray(recon, dtype=np.float32))
         return np.concatenate(scores), np.concatenate(recons)

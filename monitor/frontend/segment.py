@@ -16,7 +16,7 @@ import numpy as np
 from monitor.errors import DataError
 from monitor.frontend.filters import StreamFilter, check_fs
 
-NORMALISATIONS = ("zscore", "none", "median")
+NORMALISATIONS = ("zscore", "none", "median", "median_amp")
 # Context features (de Chazal et al. 2004): RR intervals around the beat, in seconds and
 # against the local average of the previous `local_rr_beats` RR intervals.
 CONTEXT_FEATURES = {
@@ -26,6 +26,8 @@ CONTEXT_FEATURES = {
     "pre_rr_ratio": "pre_rr_s / local_rr_s",
     "post_rr_ratio": "post_rr_s / local_rr_s; needs the next beat",
     "amplitude_mv": "peak-to-peak of the filtered window before normalisation (mV)",
+    "rr_irregularity": "median of |RR - local_rr_s| / local_rr_s over the last local_rr_beats"
+    " RR intervals (high in atrial fibrillation)",
 }
 
 
@@ -126,15 +128,24 @@ class BeatSet:
         )
 
 
-def normalise(w: np.ndarray, how: str, eps: float = 1e-6) -> np.ndarray:
-    """Per-beat normalisation of windows [n, L]."""
+def normalise(
+    w: np.ndarray, how: str, eps: float = 1e-6, scale: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-beat normalisation of windows [n, L]. `median_amp`: minus the window's median,
+    divided by SCALE [n] (the running median peak-to-peak amplitude of the last
+    local_rr_beats beats, this one included, that the cutter keeps): amplitude is kept
+    relative to the patient's own beats instead of being thrown away per beat."""
     if how == "zscore":
         mu = w.mean(axis=1, keepdims=True)
         sd = w.std(axis=1, keepdims=True)
         out: np.ndarray = (w - mu) / np.maximum(sd, eps)
         return out
-    if how == "median":
+    if how in ("median", "median_amp"):
         med: np.ndarray = w - np.median(w, axis=1, keepdims=True)
+        if how == "median_amp":
+            if scale is None:
+                raise ValueError("median_amp needs the running amplitude scale")
+            med = med / np.maximum(np.asarray(scale, dtype=np.float64), eps)[:, None]
         return med
     return w
 
@@ -174,6 +185,7 @@ class BeatCutter:
         self._rr_hist: list[int] = []  # RR intervals (samples) up to the last peak
         self._prev: int | None = None  # R before the first of self._r
         self._hist_r: list[int] = []  # recent emitted-or-consumed R peaks (for needed_from)
+        self._amp_hist: list[float] = []  # peak-to-peak of the last local_rr_beats windows
 
     def history_peaks(self, n: int) -> list[int]:
         """The last `n` R peaks this cutter has used or holds (oldest first)."""
@@ -207,6 +219,7 @@ class BeatCutter:
         wins: list[np.ndarray] = []
         ctx: list[list[float]] = []
         rrs: list[float] = []
+        scales: list[float] = []
         while self._r:
             r = self._r[0]
             nxt = self._r[1] if len(self._r) > 1 else None
@@ -229,11 +242,16 @@ class BeatCutter:
             pos = (centre - self._buf0) + self._offsets
             raw = np.interp(pos, np.arange(self._buf.size), self._buf)
             local = float(np.mean(self._rr_hist)) / self.fs
+            amplitude = float(raw.max() - raw.min())
+            self._amp_hist.append(amplitude)
+            del self._amp_hist[: -seg.local_rr_beats]
+            rr_dev = np.abs(np.asarray(self._rr_hist) / self.fs - local) / local
             feats: dict[str, float] = {
                 "pre_rr_s": pre_rr / self.fs,
                 "local_rr_s": local,
                 "pre_rr_ratio": pre_rr / self.fs / local,
-                "amplitude_mv": float(raw.max() - raw.min()),
+                "amplitude_mv": amplitude,
+                "rr_irregularity": float(np.median(rr_dev)),
             }
             if nxt is not None:
                 feats["post_rr_s"] = (nxt - r) / self.fs
@@ -242,9 +260,10 @@ class BeatCutter:
             wins.append(raw)
             ctx.append([feats[c] for c in seg.context])
             rrs.append(pre_rr / self.fs)
+            scales.append(float(np.median(self._amp_hist)))
         if not r_out:
             return BeatSet.empty(seg)
-        w = normalise(np.asarray(wins), seg.normalise).astype(np.float32)
+        w = normalise(np.asarray(wins), seg.normalise, scale=np.asarray(scales)).astype(np.float32)
         return BeatSet(
             np.asarray(r_out, dtype=np.int64),
             w,

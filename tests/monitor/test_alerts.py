@@ -22,9 +22,12 @@ def test_alert_json_has_exactly_the_design_fields() -> None:
         "model": "ecg5000-lstm",
         "model_version": "v3",
         "peak_index": 63,
+        "p_value": None,
         "received_at": 10.5,
         "published_at": 10.6,
     }
+    with_p = Alert("d1", 17, 1.0, 41.2, 26.0, "m", "v", 63, 10.5, 10.6, p_value=0.004)
+    assert json.loads(with_p.to_json())["p_value"] == 0.004
 
 
 def test_reject_carries_the_original_payload() -> None:

@@ -37,7 +37,7 @@ def test_shipped_config_documents_every_option_with_its_default() -> None:
 
 def test_shipped_config_loads_and_resolves_paths_against_its_directory() -> None:
     cfg = load_config(SHIPPED)
-    assert Path(cfg.model.path) == (ROOT / "models" / "ecg-synthetic-dense.onnx").resolve()
+    assert Path(cfg.model.path) == (ROOT / "models" / "ecg5000-dense.onnx").resolve()
     assert cfg.mqtt.subscription == "ecg/+/window"
     assert cfg.service.instance_id  # the host name by default
     assert cfg.mqtt.client_id == f"ecg-monitor-{cfg.service.instance_id}"
@@ -172,6 +172,17 @@ BAD_VALUES: dict[str, dict[str, list[object]]] = {
         "max_windows_per_message": ["x", 0, 65536],
         "queue_windows": [1.0, 10, 10_000_001],
         "max_abs_sample": ["x", 0, -1.0, 1e39, math.inf],
+    },
+    "streams": {
+        "enabled": ["yes", 1],
+        "windows": ["no"],
+        "share_group": [1, "a/b", "g#"],
+        "partition": [1, "x", "2/2", "-1/2", "1/0"],
+        "idle_forget_s": ["x", 0, -1.0],
+        "max_devices": [1.5, 0],
+        "max_chunk_s": [0, 601],
+        "min_fs": ["x", 0, -5.0],
+        "max_fs": ["x", 50.0],
     },
     "metrics": {"host": [1], "port": ["9100", -1, 65536]},
     "service": {

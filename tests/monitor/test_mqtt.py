@@ -40,6 +40,7 @@ device = st.from_regex(r"\A[A-Za-z0-9_.-]{1,64}\Z")
     peak=st.integers(0, 10_000),
     received=finite,
     published=finite,
+    p_value=st.none() | st.floats(0.0, 1.0),
 )
 def test_alert_encoder_is_byte_identical_to_the_dataclass(  # noqa: PLR0917
     dev: str,
@@ -52,6 +53,7 @@ def test_alert_encoder_is_byte_identical_to_the_dataclass(  # noqa: PLR0917
     peak: int,
     received: float,
     published: float,
+    p_value: float | None,
 ) -> None:
     enc = AlertEncoder(threshold, model, version)
     got = enc.encode(
@@ -62,8 +64,11 @@ def test_alert_encoder_is_byte_identical_to_the_dataclass(  # noqa: PLR0917
         peaks=[peak, peak],
         received_at=[received, received],
         published_at=published,
+        p_values=[p_value, p_value],
     )
-    want = Alert(dev, seq, ts, score, threshold, model, version, peak, received, published)
+    want = Alert(
+        dev, seq, ts, score, threshold, model, version, peak, received, published, p_value=p_value
+    )
     assert got == [want.to_json()] * 2
 
 

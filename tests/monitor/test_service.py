@@ -136,9 +136,11 @@ def test_alerts_for_exactly_the_windows_over_threshold_in_every_format(
             "model",
             "model_version",
             "peak_index",
+            "p_value",
             "received_at",
             "published_at",
         }
+        assert a["p_value"] is None  # this model carries no calibration scores
         assert a["ts"] == pytest.approx(ts)
         assert a["score"] == pytest.approx(float(expected_scores[row]), rel=1e-5)
         assert a["threshold"] == 20.0

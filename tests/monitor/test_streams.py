@@ -20,6 +20,7 @@ from paho.mqtt.properties import Properties
 from monitor.frontend.segment import Segmentation
 from monitor.frontend.stream import process_record
 from monitor.frontend.synthetic import synthetic_stream
+from monitor.stream_sim import wfdb_recordings
 from monitor.stream_wire import encode_stream_binary, encode_stream_json
 from monitor.streams import owner_of
 from tests.brokers import Mosquitto
@@ -145,6 +146,47 @@ def test_live_beats_and_scores_equal_offline(
     assert {q["device_id"] for q in quality if q["state"] == "good"} == set(signals)
     assert any(q["state"] in ("noisy", "lead_off") for q in quality if q["device_id"] == "d2")
     del d
+
+
+MITDB = Path(__file__).resolve().parents[3] / "shared" / "data" / "mitdb"
+
+
+@pytest.mark.skipif(not (MITDB / "101.hea").is_file(), reason="../shared/data/mitdb is absent")
+def test_live_beats_equal_offline_on_mitdb_records(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
+) -> None:
+    """DS1 records 101, 106, 109 (first 90 s, lead MLII) replayed as devices in int16 ADC
+    units with the record's gain: the daemon's beats and scores equal the offline run on the
+    same decoded signal."""
+    recs = wfdb_recordings(MITDB, ["101", "106", "109"])
+    cfg = config(tmp_path, fresh_mosquitto, model)
+    col = Collector(fresh_mosquitto.port, ["ecg/#", "ecg-monitor/#"])
+    daemons.append(Daemon(cfg).start())
+    wait_online(col, str(tomllib.loads(cfg.read_text())["service"]["instance_id"]))
+    gain = 200.0
+    pub = Publisher(fresh_mosquitto.port)
+    truth: dict[tuple[str, int], float] = {}
+    for rec in recs:
+        x = rec.signal_mv[: int(90 * rec.fs)]
+        units = np.rint(x.astype(np.float64) * gain).astype(np.int16)
+        decoded = (units.astype(np.float32) / np.float32(gain)).astype(np.float32)
+        dev = f"mit{rec.name}"
+        truth.update({(dev, r): sc for r, sc in offline(model, decoded).items()})
+        n = int(rec.fs)
+        for start in range(0, x.size, n):
+            payload = encode_stream_binary(
+                start,
+                1_764_000_000.0 + start / rec.fs,
+                rec.fs,
+                units[start : start + n],
+                fmt="i16",
+                gain=gain,
+            )
+            pub.publish(f"ecg/{dev}/stream", payload)
+    pub.flush()
+    expect_all(col, truth)
+    time.sleep(0.5)
+    check_scores(col, truth, exact_set=True)
 
 
 def test_redelivered_chunks_change_nothing(
