@@ -486,7 +486,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=SCORES,
         help="l1 (plain) or std (per-sample standardised residuals) " + recipe_default("score"),
     )
-    parser.add_argument("--folds", type=int, help="cross-conformal folds (default: 5)")
     parser.add_argument(
         "--grad-clip",
         type=float,
