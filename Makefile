@@ -50,7 +50,7 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format monitor training tests bench tools
 	$(BIN)/ruff check --fix monitor training tests bench tools
 
-# The daemon host's environment: numpy, onnxruntime, paho-mqtt, structlog (+ amqtt for
+# The daemon host's environment: numpy, onnxruntime, paho-mqtt, structlog, prometheus-client (+ amqtt for
 # the embedded broker). No torch, no onnx.
 $(RUN_VENV)/.installed: pyproject.toml
 	@echo "==> $(RUN_VENV): creating the runtime environment (no torch)"

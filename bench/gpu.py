@@ -8,12 +8,19 @@ Runs with only numpy, torch and onnxruntime installed (no project install needed
     PYTHONPATH=. python bench/gpu.py --cpu --quick                       # smoke run, no GPU
     PYTHONPATH=. python bench/gpu.py --dry-run                           # what would run
 
-Without CUDA (and without --cpu/--dry-run) it says why and exits 2.
+    # the issue-14 suite, one command: LSTM E=64, the seed's LSTM E=128 and the dense model,
+    # ONNX Runtime (CUDA EP if it loads) and torch CUDA, fp32/tf32/bf16/fp16, batch 64..32768
+    PYTHONPATH=. python bench/gpu.py --prepare gpu-models          # here (needs onnx): ONNX files
+    PYTHONPATH=. python bench/gpu.py --suite --models gpu-models --benchmarks BENCHMARKS.md
+    PYTHONPATH=. python bench/gpu.py --smoke                       # the same suite, tiny, on CPU
+
+Without CUDA (and without --cpu/--dry-run/--smoke) it says why and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -44,6 +51,9 @@ from training.detector import load_checkpoint, model_from_checkpoint
 from training.models import build_model
 
 GPU_BATCHES = (64, 256, 1024, 4096, 16384, 32768)
+# (variant, latent dim) of --suite; --smoke shrinks the latent dims to SMOKE_DIMS
+SUITE = (("lstm", 64), ("lstm", 128), ("dense", 16))
+SMOKE_DIMS = {64: 8, 128: 16, 16: 8}
 CPU_BATCHES = (64, 256)
 NO_CUDA = 2
 
@@ -445,12 +455,101 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="detect and print the plan only")
     p.add_argument("--json", type=Path, help="write rows and environment as JSON")
     p.add_argument("--benchmarks", type=Path, help="update the gpu section of this file")
+    p.add_argument(
+        "--suite", action="store_true", help="LSTM E=64, LSTM E=128 and dense in one run"
+    )
+    p.add_argument("--models", type=Path, help="--suite: folder of --prepare's ONNX files")
+    p.add_argument("--prepare", type=Path, help="write the suite's ONNX files here and exit")
+    p.add_argument(
+        "--smoke", action="store_true", help="the suite, tiny, on CPU (end-to-end check)"
+    )
     return p
+
+
+def suite_file(folder: Path, variant: str, dim: int) -> Path:
+    return folder / f"{variant}-e{dim}.onnx"
+
+
+def prepare(folder: Path, length: int, dims: dict[int, int] | None = None) -> list[Path]:
+    """Export the suite's architectures (untrained weights: timing only) as contract ONNX."""
+    from training.export import ScoringGraph, _torch_export  # noqa: PLC0415 (needs onnx)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for variant, dim in SUITE:
+        d = (dims or {}).get(dim, dim)
+        path = suite_file(folder, variant, d)
+        torch.manual_seed(0)
+        graph = ScoringGraph(build_model(variant, length, d)).eval()
+        _torch_export(graph, length, path)
+        out.append(path)
+        print(f"  wrote {path}", file=sys.stderr)
+    return out
+
+
+def run_suite(args: argparse.Namespace, env: Environment, device: str, batches: list[int]) -> int:
+    """Every suite model through ORT (when its file is there) and torch; one table."""
+    t0 = time.perf_counter()
+    dims = SMOKE_DIMS if args.smoke else {}
+    folder = args.models
+    if args.smoke and folder is None:
+        import tempfile  # noqa: PLC0415
+
+        folder = Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
+        prepare(folder, args.length, dims)
+    rows: list[Row] = []
+    for variant, dim in SUITE:
+        d = dims.get(dim, dim)
+        args.variant, args.latent_dim, args.run = variant, d, None
+        tag = f"{variant} E={d}"
+        path = suite_file(folder, variant, d) if folder else None
+        part: list[Row] = []
+        if path is not None and path.exists() and (env.ort_cuda or device == "cpu"):
+            part += bench_ort(
+                path,
+                batches,
+                length=args.length,
+                min_time_s=args.min_time,
+                device=device,
+                eval_x=None,
+                eval_y=None,
+            )
+        if env.torch_cuda or device == "cpu":
+            part += bench_torch(
+                args, batches, length=args.length, device=device, eval_x=None, eval_y=None
+            )
+        rows += [dataclasses.replace(r, backend=f"{tag}: {r.backend}") for r in part]
+        print(f"  {tag} done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    origin = (
+        "suite: "
+        + ", ".join(f"{v} E={dims.get(e, e)}" for v, e in SUITE)
+        + (" (untrained weights: timing only)")
+    )
+    text = report(rows, env, args, origin)
+    text += f"\nWall time of the whole suite: {time.perf_counter() - t0:.0f} s.\n"
+    print(text)
+    if args.json:
+        args.json.write_text(
+            json.dumps({"environment": asdict(env), "rows": [asdict(r) for r in rows]}, indent=2)
+        )
+    if args.benchmarks and not args.smoke:
+        update_section(args.benchmarks, "gpu", text)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    env = detect(args.model)
+    if args.prepare:
+        prepare(args.prepare, args.length)
+        return 0
+    if args.smoke:
+        args.cpu, args.quick, args.suite = True, True, True
+    if args.suite and not args.quick:
+        args.min_time = min(args.min_time, 0.25)  # the whole suite in well under 5 minutes
+    probe = args.model
+    if args.suite and args.models is not None:
+        probe = next((p for v, d in SUITE if (p := suite_file(args.models, v, d)).exists()), None)
+    env = detect(probe)
     device = "cpu" if args.cpu else "cuda"
     default = CPU_BATCHES if args.cpu else GPU_BATCHES
     batches = [int(b) for b in args.batches.split(",")] if args.batches else list(default)
@@ -477,6 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return NO_CUDA
+    if args.suite:
+        return run_suite(args, env, device, batches)
     length = args.length
     if args.model is not None:
         meta = (

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -63,6 +64,58 @@ class Alert:
             d["rr_s"] = self.rr_s
             d["hr_bpm"] = self.hr_bpm
         return _dumps(d)
+
+
+class AlertEncoder:
+    """Alert JSON for many alerts of one model at once, byte for byte what `Alert.to_json` gives.
+
+    The strings that are the same for every alert of a batch (threshold, model, version) are
+    encoded once; device ids are `[A-Za-z0-9_.-]` (validated at ingest), so they need no JSON
+    escaping; floats are `repr`, as `json.dumps` writes them. A non-finite value takes the
+    dataclass path, which refuses it as before.
+    """
+
+    def __init__(self, threshold: float, model: str, model_version: str) -> None:
+        self.threshold, self.model, self.model_version = threshold, model, model_version
+        self._finite_threshold = math.isfinite(threshold)
+        self._middle = (
+            f',"threshold":{threshold!r},"model":{json.dumps(model)},'
+            f'"model_version":{json.dumps(model_version)},"peak_index":'
+        )
+
+    def encode(
+        self,
+        device_ids: Sequence[str],
+        *,
+        seqs: Sequence[int],
+        ts: Sequence[float],
+        scores: Sequence[float],
+        peaks: Sequence[int],
+        received_at: Sequence[float],
+        published_at: float,
+        p_values: Sequence[float | None] | None = None,
+    ) -> list[bytes]:
+        mid, tail = self._middle, f',"published_at":{published_at!r}}}'
+        fast = self._finite_threshold and math.isfinite(published_at)
+        pvs = [None] * len(device_ids) if p_values is None else p_values
+        out: list[bytes] = []
+        for dev, seq, t, score, peak, rec, pv in zip(
+            device_ids, seqs, ts, scores, peaks, received_at, pvs, strict=True
+        ):
+            pv_ok = pv is None or math.isfinite(pv)
+            if fast and pv_ok and math.isfinite(t) and math.isfinite(score) and math.isfinite(rec):
+                pj = "null" if pv is None else repr(pv)
+                out.append(
+                    f'{{"device_id":"{dev}","seq":{seq},"ts":{t!r},"score":{score!r}{mid}'
+                    f'{peak},"p_value":{pj},"received_at":{rec!r}{tail}'.encode()
+                )
+            else:
+                alert = Alert(
+                    dev, seq, t, score, self.threshold, self.model, self.model_version, peak,
+                    rec, published_at, p_value=pv,
+                )  # fmt: skip
+                out.append(alert.to_json())
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,11 +66,34 @@ class ModelConfig:
         return None if math.isnan(self.threshold) else self.threshold
 
 
+AUTO = -1  # `max_batch = "auto"` / `pipeline_depth = "auto"`: sized for the provider
+# provider -> (max_batch, pipeline_depth) for "auto". A CPU batch of 64 is past the point where
+# ONNX Runtime's per-call overhead stops mattering for the dense model; a GPU needs thousands
+# of windows per call to be busy, and more batches in flight to hide the copies.
+AUTO_BATCH: dict[str, tuple[int, int]] = {
+    "CPUExecutionProvider": (64, 2),
+    "CUDAExecutionProvider": (4096, 4),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class BatchConfig:
-    max_batch: int = 64
+    max_batch: int = AUTO
     max_wait_ms: float = 5.0
-    pipeline_depth: int = 2
+    pipeline_depth: int = AUTO
+
+    def for_provider(self, provider: str, queue_windows: int | None = None) -> BatchConfig:
+        """Concrete sizes for the provider the model runs on ("auto" resolved; max_batch never
+        above queue_windows)."""
+        batch, depth = AUTO_BATCH.get(provider, AUTO_BATCH["CPUExecutionProvider"])
+        max_batch = batch if self.max_batch == AUTO else self.max_batch
+        if queue_windows is not None and self.max_batch == AUTO:
+            max_batch = min(max_batch, queue_windows)
+        return dataclasses.replace(
+            self,
+            max_batch=max_batch,
+            pipeline_depth=depth if self.pipeline_depth == AUTO else self.pipeline_depth,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +222,12 @@ def _section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         default = getattr(cls(), key)
+        if cls is BatchConfig and key in ("max_batch", "pipeline_depth"):
+            if value == "auto":
+                kwargs[key] = AUTO
+                continue
+            if value == AUTO and not isinstance(value, bool):  # the sentinel is not a size
+                raise ConfigError(f'{name}.{key} must be >= 1 or "auto", not {value!r}')
         kwargs[key] = _coerce(f"{name}.{key}", value, default)
     return cls(**kwargs)
 
@@ -321,9 +350,15 @@ def _resolve(cfg: Config, base_dir: Path, env: dict[str, str]) -> Config:
     )
     _check(mo.watch_s >= 0, "model.watch_s must be >= 0")
 
-    _check(1 <= b.max_batch <= 65536, "batch.max_batch must be >= 1 (and <= 65536)")
+    _check(
+        1 <= b.max_batch <= 65536 or b.max_batch == AUTO,
+        'batch.max_batch must be >= 1 (and <= 65536) or "auto"',
+    )
     _check(0 <= b.max_wait_ms <= 60_000, "batch.max_wait_ms must be in 0..60000")
-    _check(1 <= b.pipeline_depth <= 64, "batch.pipeline_depth must be in 1..64")
+    _check(
+        1 <= b.pipeline_depth <= 64 or b.pipeline_depth == AUTO,
+        'batch.pipeline_depth must be in 1..64 or "auto"',
+    )
     _check(1 <= a.min_consecutive <= 1_000_000, "alerts.min_consecutive must be in 1..1000000")
     _check(a.cooldown_s >= 0, "alerts.cooldown_s must be >= 0")
     _check(0 <= a.storm_windows <= 1_000_000, "alerts.storm_windows must be in 0..1000000")
@@ -340,7 +375,10 @@ def _resolve(cfg: Config, base_dir: Path, env: dict[str, str]) -> Config:
         1 <= li.max_windows_per_message <= 65535,
         "limits.max_windows_per_message must be in 1..65535",
     )
-    _check(li.queue_windows >= b.max_batch, "limits.queue_windows must be >= batch.max_batch")
+    _check(
+        li.queue_windows >= b.for_provider("CPUExecutionProvider").max_batch,
+        "limits.queue_windows must be >= batch.max_batch",
+    )
     _check(li.queue_windows <= 10_000_000, "limits.queue_windows must be <= 10000000")
     _check(
         0 < li.max_abs_sample <= F32_MAX,

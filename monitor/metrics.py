@@ -1,128 +1,251 @@
-"""Prometheus metrics in the text exposition format, served by a tiny asyncio HTTP server.
+"""Prometheus metrics through prometheus-client, served from its own HTTP thread.
 
-No prometheus_client dependency: counters, gauges and histograms of floats, rendered on demand.
+`Metrics` owns a `CollectorRegistry` with the standard process (CPU, RSS, open files), platform
+and GC collectors plus the daemon's own series. The exposition (text 0.0.4 or OpenMetrics, by
+the scraper's Accept header, gzip when asked) is prometheus-client's; the HTTP server runs in a
+daemon thread, so a scrape never waits for the event loop and the loop never waits for it.
+
+The daemon's series are prometheus-client collectors of our own (`Counter`, `Gauge`,
+`Histogram` below, each yielding the library's metric families): they keep the call style the
+daemon's code has always used (`inc(n, code=...)`, `set(v)`, `observe(v)`, labels as keyword
+arguments, no declaration needed), updates are a dict or numpy add under an uncontended lock,
+and `Histogram.observe_many` takes a whole batch of alert latencies in one call. A family
+built without a registry joins the `Metrics` registry it is an attribute of.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import contextlib
-import math
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from wsgiref.simple_server import WSGIServer
 
+import numpy as np
+import prometheus_client
 import structlog
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 log = structlog.get_logger("monitor.metrics")
 
 PREFIX = "ecg_monitor_"
+
+
 LabelKey = tuple[tuple[str, str], ...]
 
 
-def _labels(key: LabelKey, extra: tuple[tuple[str, str], ...] = ()) -> str:
-    pairs = key + extra
-    if not pairs:
-        return ""
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
-    return "{" + inner + "}"
+class _Family(Collector):
+    """Shared part of our series: name, help, label sets -> value, registry hookup.
 
+    Label names come with each call (`inc(code="bad_json")`), so a series needs no declaration,
+    as the daemon's code always had it. `registry` may be left out: `Metrics` registers every
+    family it holds when it is built.
+    """
 
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    kind = "gauge"
 
-
-def _num(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v)) if not float(v).is_integer() else str(int(v))
-
-
-class Counter:
-    def __init__(self, name: str, help_text: str) -> None:
+    def __init__(
+        self, name: str, help_text: str, registry: CollectorRegistry | None = None
+    ) -> None:
         self.name, self.help = PREFIX + name, help_text
         self._values: dict[LabelKey, float] = {}
+        self._lock = threading.Lock()
+        self.registry: CollectorRegistry | None = None
+        if registry is not None:
+            self.register(registry)
 
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        self._values[key] = self._values.get(key, 0.0) + amount
+    def register(self, registry: CollectorRegistry) -> None:
+        if self.registry is None:
+            registry.register(self)
+            self.registry = registry
 
     def value(self, **labels: str) -> float:
+        """Current value of one series (0 if it was never set)."""
         return self._values.get(tuple(sorted(labels.items())), 0.0)
 
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        for key, v in sorted(self._values.items()):
-            yield f"{self.name}{_labels(key)} {_num(v)}"
+    def _snapshot(self) -> list[tuple[LabelKey, float]]:
+        with self._lock:
+            return sorted(self._values.items())
+
+    def _family(self, samples: list[tuple[LabelKey, float]]) -> Metric:
+        labelnames = sorted({k for key, _ in samples for k, _ in key})
+        family: CounterMetricFamily | GaugeMetricFamily
+        if self.kind == "counter":
+            family = CounterMetricFamily(self.name, self.help, labels=labelnames)
+        else:
+            family = GaugeMetricFamily(self.name, self.help, labels=labelnames)
+        for key, v in samples:
+            d = dict(key)
+            family.add_metric([d.get(n, "") for n in labelnames], v)
+        return family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._family(self._snapshot())
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family([])
 
 
-class Gauge:
-    def __init__(self, name: str, help_text: str, fn: Callable[[], float] | None = None) -> None:
-        self.name, self.help = PREFIX + name, help_text
+class Counter(_Family):
+    """A count that only goes up; labels as keyword arguments. Shows 0 before the first
+    increment unless `labelled` (then it has no series until one is counted)."""
+
+    kind = "counter"
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        registry: CollectorRegistry | None = None,
+        *,
+        labelled: bool = False,
+    ) -> None:
+        self._labelled = labelled
+        super().__init__(name, help_text, registry)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items())) if labels else ()
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        samples = self._snapshot()
+        yield self._family(samples if samples or self._labelled else [((), 0.0)])
+
+
+class Gauge(_Family):
+    """A value that goes up and down; `fn` makes it read a value at scrape time instead."""
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        fn: Callable[[], float] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self._fn = fn
-        self._values: dict[LabelKey, float] = {}
+        super().__init__(name, help_text, registry)
 
     def set(self, value: float, **labels: str) -> None:
-        self._values[tuple(sorted(labels.items()))] = value
+        key = tuple(sorted(labels.items())) if labels else ()
+        with self._lock:
+            self._values[key] = value
 
     def clear(self) -> None:
-        self._values.clear()
+        with self._lock:
+            self._values.clear()
 
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} gauge"
+    def collect(self) -> Iterator[Metric]:
+        samples = self._snapshot()
         if self._fn is not None:
-            yield f"{self.name} {_num(self._fn())}"
-        for key, v in sorted(self._values.items()):
-            yield f"{self.name}{_labels(key)} {_num(v)}"
+            samples = [((), float(self._fn())), *samples]
+        yield self._family(samples)
 
 
-class Histogram:
-    def __init__(self, name: str, help_text: str, buckets: Iterable[float]) -> None:
+class Histogram(Collector):
+    """Cumulative histogram over numpy bucket counts; exposed as a prometheus HistogramMetricFamily.
+
+    Updated from the event loop, read by the scrape thread: a lock keeps buckets, sum and
+    count consistent with each other.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        buckets: Iterable[float],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.name, self.help = PREFIX + name, help_text
-        self.bounds = sorted(buckets)
-        self.counts = [0] * (len(self.bounds) + 1)  # last: +Inf only
-        self.sum = 0.0
-        self.count = 0
+        self.bounds = np.array(sorted(float(b) for b in buckets), np.float64)
+        self._counts = np.zeros(len(self.bounds) + 1, np.int64)  # last: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        self.registry: CollectorRegistry | None = None
+        if registry is not None:
+            self.register(registry)
 
-    def observe(self, value: float, n: int = 1) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += n
-        self.sum += value * n
-        self.count += n
+    def register(self, registry: CollectorRegistry) -> None:
+        if self.registry is None:
+            registry.register(self)
+            self.registry = registry
 
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        cum = 0
-        for bound, c in zip(self.bounds, self.counts, strict=False):
-            cum += c
-            yield f'{self.name}_bucket{{le="{_num(bound)}"}} {cum}'
-        yield f'{self.name}_bucket{{le="+Inf"}} {self.count}'
-        yield f"{self.name}_sum {_num(self.sum)}"
-        yield f"{self.name}_count {self.count}"
+    def observe(self, value: float) -> None:
+        i = int(np.searchsorted(self.bounds, value, side="left"))
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += value
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Observe every element of `values` (one bincount instead of a call per value)."""
+        if values.size == 0:
+            return
+        idx = np.searchsorted(self.bounds, values, side="left")
+        add = np.bincount(idx, minlength=len(self._counts))
+        total = float(values.sum())
+        with self._lock:
+            self._counts += add
+            self._sum += total
+
+    @property
+    def count(self) -> int:
+        return int(self._counts.sum())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            cum = np.cumsum(self._counts).tolist()
+            total = self._sum
+        buckets = [(repr(b), float(c)) for b, c in zip(self.bounds.tolist(), cum, strict=False)]
+        buckets.append(("+Inf", float(cum[-1])))
+        family = HistogramMetricFamily(self.name, self.help)
+        family.add_metric([], buckets, total)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.help)
 
 
 _SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class Metrics:
-    """Everything the daemon counts. Updated on the event loop only."""
+    """Everything the daemon counts, in its own registry. Updated on the event loop."""
 
     def __init__(self, queue_depth: Callable[[], float] | None = None) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.windows_received = Counter("windows_received_total", "Windows decoded from messages.")
         self.windows_scored = Counter("windows_scored_total", "Windows run through the model.")
         self.rejected = Counter(
-            "messages_rejected_total", "Messages rejected, by reject code (DESIGN.md)."
+            "messages_rejected_total",
+            "Messages rejected, by reject code (DESIGN.md).",
+            labelled=True,
         )
         self.dropped = Counter(
             "windows_dropped_total", "QoS 0 windows dropped because the queue was full."
         )
         self.alerts = Counter("alerts_total", "Alerts published.")
-        self.reloads = Counter("model_reloads_total", "Model reloads, by result (ok|failed).")
+        self.reloads = Counter(
+            "model_reloads_total", "Model reloads, by result (ok|failed).", labelled=True
+        )
         self.storms = Counter(
             "alarm_storms_total",
             "Alarm storms (alert share far above the calibrated false-alarm rate), by scope "
             "(device|fleet): the model and the data likely do not match.",
+            labelled=True,
         )
         self.outputs_refused = Counter(
             "outputs_refused_total",
@@ -147,96 +270,60 @@ class Metrics:
         )
         self.beats_scored = Counter("beats_scored_total", "Beats found in streams and scored.")
         self.quality_changes = Counter(
-            "stream_quality_changes_total", "Signal quality changes published, by state."
+            "stream_quality_changes_total",
+            "Signal quality changes published, by state.",
+            labelled=True,
         )
         self.stream_forced_acks = Counter(
             "stream_forced_acks_total",
             "Stream chunks acknowledged early because the in-flight limit was near.",
         )
         self.stream_devices = Gauge("stream_devices", "Stream devices with state in memory.")
-        self.queue_depth = Gauge("queue_windows", "Windows waiting for inference.", queue_depth)
+        self.queue_depth = Gauge(
+            "queue_windows", "Windows waiting for inference.", queue_depth or (lambda: 0.0)
+        )
         self.model_info = Gauge("model_info", "The model in use (value 1).")
         self.up = Gauge("connected", "1 while connected to the broker.")
+        self._register_all()
+
+    def _register_all(self) -> None:
+        """Every family held in an attribute joins this registry (a family added by later code
+        without a registry argument is exported too)."""
+        for value in vars(self).values():
+            if isinstance(value, _Family | Histogram):
+                value.register(self.registry)
 
     def set_model(self, name: str, version: str, provider: str) -> None:
         self.model_info.clear()
         self.model_info.set(1, model=name, model_version=version, provider=provider)
 
-    def render(self) -> str:
-        parts = (
-            self.windows_received,
-            self.windows_scored,
-            self.rejected,
-            self.dropped,
-            self.alerts,
-            self.reloads,
-            self.storms,
-            self.outputs_refused,
-            self.batch_failures,
-            self.batch_size,
-            self.inference_seconds,
-            self.latency_seconds,
-            self.chunks_received,
-            self.beats_scored,
-            self.quality_changes,
-            self.stream_forced_acks,
-            self.stream_devices,
-            self.queue_depth,
-            self.model_info,
-            self.up,
-        )
-        return "\n".join(line for m in parts for line in m.render()) + "\n"
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type) a scraper sending this Accept header gets (text 0.0.4 default)."""
+        encoder, content_type = prometheus_client.exposition.choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    def render(self, accept: str = "") -> str:
+        return self.exposition(accept)[0].decode()
 
 
 class MetricsServer:
-    """GET /metrics over HTTP/1.0-style single responses; anything else is 404."""
+    """prometheus-client's HTTP server for one registry, in a daemon thread."""
 
     def __init__(self, metrics: Metrics, host: str, port: int) -> None:
         self.metrics, self.host, self.port = metrics, host, port
-        self._server: asyncio.Server | None = None
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        sock = self._server.sockets[0]
-        self.port = int(sock.getsockname()[1])
+        """Bind and serve (OSError if the address is taken)."""
+        self._server, self._thread = prometheus_client.start_http_server(
+            self.port, addr=self.host, registry=self.metrics.registry
+        )
+        self.port = int(self._server.server_port)
         log.info("metrics_listening", host=self.host, port=self.port)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5.0)
-            while (await asyncio.wait_for(reader.readline(), 5.0)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = request.decode("latin-1").split()
-            if (
-                len(parts) >= 2
-                and parts[0] in ("GET", "HEAD")
-                and parts[1].split("?")[0]
-                in (
-                    "/metrics",
-                    "/",
-                )
-            ):
-                body = self.metrics.render().encode()
-                head = (
-                    "HTTP/1.1 200 OK\r\n"
-                    "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                )
-                writer.write(head.encode() + (body if parts[0] == "GET" else b""))
-            else:
-                writer.write(
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                )
-            await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeDecodeError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        server, self._server = self._server, None
+        if server is not None:
+            await asyncio.to_thread(server.shutdown)  # returns within serve_forever's poll
+            server.server_close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import importlib
 import signal
@@ -48,7 +49,8 @@ class Service:
     """The running daemon. Everything but inference runs on the event loop thread."""
 
     def __init__(self, cfg: Config, model: Model, notifier: Notifier | None = None) -> None:
-        self.cfg = cfg
+        batch = cfg.batch.for_provider(model.info.provider, cfg.limits.queue_windows)
+        self.cfg = cfg = dataclasses.replace(cfg, batch=batch)  # "auto" sizes resolved
         self.model = model
         self.notifier = notifier or Notifier()
         self.started_at = time.time()
@@ -442,7 +444,7 @@ def main(args: argparse.Namespace) -> int:
             provider=mc.provider,
             intra_op_threads=mc.intra_op_threads,
             graph_optimization=mc.graph_optimization,
-            warmup_batch=cfg.batch.max_batch,
+            warmup_batch=cfg.batch.for_provider("CPUExecutionProvider").max_batch,
         )
     except ModelLoadError as e:
         print(f"ecg-monitor: cannot load model: {e}", file=sys.stderr)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import structlog
 
-from monitor.alerts import Alert, Reject, ScoreReport
+from monitor.alerts import AlertEncoder, Reject, ScoreReport
 from monitor.batcher import Segment
 from monitor.engine import Model
 from monitor.errors import RejectCode
@@ -37,6 +38,7 @@ class Delivery:
     windows_left: int
     publishes_left: int
     scores: np.ndarray | None = None
+    on_published: Callable[[], None] | None = None  # one callback for all its alerts
 
 
 class WindowInput:
@@ -54,6 +56,7 @@ class WindowInput:
         )
         self.open_deliveries = 0
         self._tail = "/window"
+        self._encoder: AlertEncoder | None = None
 
     @property
     def topic_filter(self) -> str:
@@ -127,7 +130,7 @@ class WindowInput:
         d = seg.token
         assert isinstance(d, Delivery) and d.frame is not None
         frame = d.frame
-        p, m = self.p, self.p.metrics
+        p = self.p
         rows = slice(seg.offset, seg.offset + seg.count)
         p.feed_storm(
             frame.device_id, int(scores.finite[rows].sum()), int(scores.anomalous[rows].sum())
@@ -137,36 +140,7 @@ class WindowInput:
             mask = p.policy.admit(frame.device_id, mask, now)
         hits = np.flatnonzero(mask)
         if hits.size:
-            info = model.info
-            score_list = scores.score[rows][hits].tolist()
-            peak_list = scores.peak_index[rows][hits].tolist()
-            p_list = (
-                [None] * hits.size
-                if scores.p_value is None
-                else scores.p_value[rows][hits].tolist()
-            )
-            for i, score, peak, p_value in zip(
-                hits.tolist(), score_list, peak_list, p_list, strict=True
-            ):
-                row = seg.start + i
-                published_at = time.time()
-                alert = Alert(
-                    device_id=frame.device_id,
-                    seq=frame.seq + row,
-                    ts=frame.window_ts(row),
-                    score=score,
-                    threshold=threshold,
-                    model=info.name,
-                    model_version=info.version,
-                    peak_index=peak,
-                    received_at=d.message.received_at,
-                    published_at=published_at,
-                    p_value=p_value,
-                )
-                self._publish(d, f"{p.prefix}/{frame.device_id}/alert", alert.to_json())
-                m.latency_seconds.observe(published_at - d.message.received_at)
-                log.debug("alert", device_id=frame.device_id, seq=frame.seq + row, score=score)
-            m.alerts.inc(hits.size)
+            self._alerts(d, seg, hits, scores, model=model, threshold=threshold)
         if d.scores is not None:
             d.scores[seg.start : seg.stop] = scores.score[rows]
         if not scores.finite[rows].all():
@@ -176,6 +150,51 @@ class WindowInput:
             if d.scores is not None:
                 self._publish_scores(d, model, threshold)
             self._check_done(d)
+
+    def _alerts(
+        self,
+        d: Delivery,
+        seg: Segment[Token],
+        hits: np.ndarray,
+        scores: Scores,
+        *,
+        model: Model,
+        threshold: float,
+    ) -> None:
+        """This segment's alerts, encoded together and framed into one socket write."""
+        rows = slice(seg.offset, seg.offset + seg.count)
+        assert d.frame is not None and self.p.bridge is not None
+        frame, info, m = d.frame, model.info, self.p.metrics
+        enc = self._encoder
+        if (
+            enc is None
+            or (enc.model, enc.model_version) != (info.name, info.version)
+            or enc.threshold != threshold
+        ):
+            enc = self._encoder = AlertEncoder(threshold, info.name, info.version)
+        k = int(hits.size)
+        at = hits + seg.start
+        ts = [frame.ts] * k if frame.fs is None else [frame.window_ts(r) for r in at.tolist()]
+        received = d.message.received_at
+        published_at = time.time()
+        payloads = enc.encode(
+            [frame.device_id] * k,
+            seqs=(at + frame.seq).tolist(),
+            ts=ts,
+            scores=scores.score[rows][hits].tolist(),
+            peaks=scores.peak_index[rows][hits].tolist(),
+            received_at=[received] * k,
+            published_at=published_at,
+            p_values=None if scores.p_value is None else scores.p_value[rows][hits].tolist(),
+        )
+        if d.on_published is None:
+            d.on_published = functools.partial(self._published, d)
+        topic = f"{self.p.prefix}/{frame.device_id}/alert".encode()
+        self.p.bridge.publish_many([(topic, payload, d.on_published) for payload in payloads])
+        d.publishes_left += k  # counted once queued, as `_publish` does
+        m.latency_seconds.observe_many(np.full(k, published_at - received))
+        m.alerts.inc(k)
+        log.debug("alerts", device_id=frame.device_id, first_seq=frame.seq + int(at[0]), count=k)
 
     def _out_of_range(self, d: Delivery, frame: Frame, rows: np.ndarray) -> None:
         """Windows the model scored NaN/inf: neither alert nor normal, so rejected."""

@@ -202,3 +202,37 @@ def test_calibration_script_counts_misses_and_false_alarms_per_method(
     false_alarms = int((scores[~anomalous] > t).sum())
     assert f"| quantile | {missed} (" in totals
     assert f"| {false_alarms} (" in totals.split("| quantile |")[1].split("\n")[0]
+
+
+def test_gpu_smoke_runs_the_whole_suite_on_cpu(tmp_path: Path) -> None:
+    """`--smoke`: every suite model (LSTM x2, dense) through ORT and torch, tiny, on CPU."""
+    out = tmp_path / "smoke.json"
+    proc = _run(
+        "bench/gpu.py", "--smoke", "--batches", "8", "--precisions", "fp32", "--json", out,
+        timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    tags = {r["backend"].split(":")[0] for r in rows}
+    assert tags == {"lstm E=8", "lstm E=16", "dense E=8"}
+    for tag in tags:
+        kinds = {
+            r["backend"].split(": ")[1].split()[0] for r in rows if r["backend"].startswith(tag)
+        }
+        assert kinds == {"onnxruntime", "torch"}, tag
+    assert "Wall time of the whole suite" in proc.stdout
+
+
+def test_drain_bench_measures_bare_and_daemon_and_writes_its_section(tmp_path: Path) -> None:
+    if not Path("/usr/sbin/mosquitto").exists() and not __import__("shutil").which("mosquitto"):
+        pytest.skip("mosquitto is not installed")
+    bench_md = tmp_path / "BENCHMARKS.md"
+    proc = _run(
+        "bench/drain.py", "--loads", "single,storm", "--repeats", "1", "--scale", "0.02",
+        "--benchmarks", bench_md, timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = bench_md.read_text()
+    assert "<!-- drain:begin -->" in text and "alert storm" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| 1 window", "| 16-window"))]
+    assert len(rows) == 2 and all("**" in r for r in rows)  # a daemon / bare ratio each

@@ -118,3 +118,47 @@ def test_unit_matches_the_daemons_contract() -> None:
     assert "@system-service" in d["SystemCallFilter"]
     assert d["ReadOnlyPaths"]
     assert set(d["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+
+
+TEMPLATE = ROOT / "deploy" / "systemd" / "ecg-monitor@.service"
+
+
+def _body(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_instance_template_is_the_unit_with_per_instance_config_cache_and_name() -> None:
+    """ecg-monitor@.service (N instances on one host) differs from the single unit only in
+    its description, config file, cache directory and CUDA cache, all keyed by %i."""
+    single, template = _body(UNIT.read_text()), _body(TEMPLATE.read_text())
+    assert len(single) == len(template)
+    changed = {(a, b) for a, b in zip(single, template, strict=True) if a != b}
+    assert {b.split("=", 1)[0] for _, b in changed} == {
+        "Description",
+        "ExecStart",
+        "Environment",
+        "CacheDirectory",
+    }
+    assert all("%i" in b for _, b in changed)
+    assert f"ExecStart={SHIPPED_EXEC} run --config /etc/ecg-monitor/monitor-%i.toml" in template
+
+
+def test_systemd_analyze_verify_accepts_an_instance_of_the_template(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    exe = Path(sys.executable).parent / "ecg-monitor"
+    if not exe.exists():
+        pytest.skip("ecg-monitor entry point not installed in this environment")
+    (tmp_path / "ecg-monitor@.service").write_text(
+        TEMPLATE.read_text().replace(SHIPPED_EXEC, str(exe))
+    )
+    unit = tmp_path / "ecg-monitor@2.service"
+    unit.symlink_to(tmp_path / "ecg-monitor@.service")
+    r = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    ours = [line for line in (r.stdout + r.stderr).splitlines() if "ecg-monitor@" in line]
+    assert r.returncode == 0 and not ours, r.stdout + r.stderr

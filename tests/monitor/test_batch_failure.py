@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import signal
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -45,6 +47,14 @@ def test_a_batch_that_fails_is_rejected_as_internal_error_and_scoring_goes_on(
         return real(self)
 
     monkeypatch.setattr(alerts.Alert, "to_json", to_json)
+    real_encode = alerts.AlertEncoder.encode  # the batch path the daemon uses for alerts
+
+    def encode(self: alerts.AlertEncoder, device_ids: Sequence[str], **kw: Any) -> list[bytes]:
+        if "poison" in device_ids:
+            raise RuntimeError("injected")
+        return real_encode(self, device_ids, **kw)
+
+    monkeypatch.setattr(alerts.AlertEncoder, "encode", encode)
     col = Collector(mosquitto.port, ["ecg/+/alert", "ecg/+/rejected"])
     bad = windows(1, np.ones(1, bool), seed=1)[0]
     poison = encode_json(7, 7.0, bad)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import Config, build_config, load_config
+from monitor.config import AUTO, Config, build_config, load_config
 from monitor.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +29,8 @@ def test_shipped_config_documents_every_option_with_its_default() -> None:
             default = getattr(sub, key)
             if isinstance(default, float) and math.isnan(default):
                 assert math.isnan(value), key
+            elif value == "auto" and default == AUTO:  # batch sizes: the AUTO sentinel
+                pass
             else:
                 assert value == default, f"{section.name}.{key}"
 
@@ -94,6 +96,28 @@ def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
     bad.write_text("[mqtt\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_batch_sizes_auto_by_provider_and_explicit_values_win(tmp_path: Path) -> None:
+    """`max_batch`/`pipeline_depth` default to "auto": 64/2 on CPU, 4096/4 on CUDA (never
+    above queue_windows); explicit numbers are kept for every provider."""
+    auto = build_config({}, base_dir=tmp_path, env={}).batch
+    assert (auto.max_batch, auto.pipeline_depth) == (AUTO, AUTO)
+    cpu, cuda = (
+        auto.for_provider("CPUExecutionProvider"),
+        auto.for_provider("CUDAExecutionProvider"),
+    )
+    assert (cpu.max_batch, cpu.pipeline_depth) == (64, 2)
+    assert (cuda.max_batch, cuda.pipeline_depth) == (4096, 4)
+    assert auto.for_provider("CUDAExecutionProvider", queue_windows=1000).max_batch == 1000
+    said = build_config(
+        {"batch": {"max_batch": "auto", "pipeline_depth": 3}}, base_dir=tmp_path, env={}
+    ).batch
+    assert said.for_provider("CUDAExecutionProvider").pipeline_depth == 3
+    fixed = build_config({"batch": {"max_batch": 256}}, base_dir=tmp_path, env={}).batch
+    assert fixed.for_provider("CUDAExecutionProvider").max_batch == 256
+    with pytest.raises(ConfigError, match="max_batch must be an integer"):
+        build_config({"batch": {"max_batch": "big"}}, base_dir=tmp_path, env={})
 
 
 # Every key of every section with a value of the wrong type and one out of range: each is an
