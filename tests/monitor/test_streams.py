@@ -189,6 +189,64 @@ def test_live_beats_equal_offline_on_mitdb_records(
     check_scores(col, truth, exact_set=True)
 
 
+SHIPPED_MITDB_MODEL = Path(__file__).resolve().parents[2] / "models" / "mitdb-ds1-dense.onnx"
+
+
+@pytest.mark.skipif(not (MITDB / "101.hea").is_file(), reason="../shared/data/mitdb is absent")
+def test_live_beats_equal_ecg_train_evaluate_with_the_shipped_mitdb_model(
+    tmp_path: Path, fresh_mosquitto: Mosquitto, daemons: list[Daemon]
+) -> None:
+    """The shipped MIT-BIH model (windows + RR context) on DS1 records 119 and 208 (first
+    60 s) sent as f32 chunks of 0.5 s: the daemon's R peaks are those in the `--beats` CSV of
+    `ecg-train evaluate` on the same 60 s record and its scores equal within 1e-4."""
+    import csv  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    seconds, records = 60, ["119", "208"]
+    recs = wfdb_recordings(MITDB, records)
+    cut = tmp_path / "mitdb"
+    cut.mkdir()
+    for rec in recs:  # the same 60 s as WFDB records (format 16), for ecg-train evaluate
+        x = rec.signal_mv[: int(seconds * rec.fs)]
+        units = np.rint(np.asarray(x, np.float64) * 200.0).astype("<i2")
+        (cut / f"{rec.name}.dat").write_bytes(units.tobytes())
+        (cut / f"{rec.name}.hea").write_text(
+            f"{rec.name} 1 {rec.fs:g} {units.size}\n{rec.name}.dat 16 200 16 0 0 0 0 MLII\n"
+        )
+        src = (MITDB / f"{rec.name}.atr").read_bytes()
+        (cut / f"{rec.name}.atr").write_bytes(src)
+    beats_csv = tmp_path / "beats.csv"
+    subprocess.run(
+        [sys.executable, "-m", "training", "evaluate", str(SHIPPED_MITDB_MODEL), "--data",
+         f"mitdb:{cut}", "--records", ",".join(records), "--beats", str(beats_csv),
+         "--json", str(tmp_path / "eval.json")],
+        check=True, capture_output=True, timeout=240,
+    )  # fmt: skip
+    truth: dict[tuple[str, int], float] = {}
+    with beats_csv.open() as f:
+        for row in csv.DictReader(f):
+            truth[(f"mit{row['record']}", int(row["r_index"]))] = float(row["score"])
+    assert len(truth) > 100
+    cfg = config(tmp_path, fresh_mosquitto, SHIPPED_MITDB_MODEL)
+    col = Collector(fresh_mosquitto.port, ["ecg/#", "ecg-monitor/#"])
+    daemons.append(Daemon(cfg).start())
+    wait_online(col, str(tomllib.loads(cfg.read_text())["service"]["instance_id"]))
+    pub = Publisher(fresh_mosquitto.port)
+    for rec in recs:
+        units = np.rint(np.asarray(rec.signal_mv[: int(seconds * rec.fs)], np.float64) * 200.0)
+        x = (units / 200.0).astype(np.float32)
+        n = int(rec.fs / 2)
+        for start in range(0, x.size, n):
+            ts = 1_764_000_000.0 + start / rec.fs
+            payload = encode_stream_binary(start, ts, rec.fs, x[start : start + n])
+            pub.publish(f"ecg/mit{rec.name}/stream", payload)
+    pub.flush()
+    expect_all(col, truth)
+    time.sleep(0.5)
+    check_scores(col, truth, exact_set=True)
+
+
 def test_redelivered_chunks_change_nothing(
     tmp_path: Path, fresh_mosquitto: Mosquitto, model: Path, daemons: list[Daemon]
 ) -> None:
