@@ -7,7 +7,7 @@ it alone decides what to publish and when its messages are acknowledged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from monitor.alerts import AlertPolicy
@@ -36,6 +36,18 @@ class Input(Protocol):
         self, seg: Segment[Token], scores: Scores, model: Model, threshold: float, now: float
     ) -> None:
         """Rows [seg.offset, seg.offset + seg.count) of `scores` are this segment's."""
+        ...
+
+    def scored_run(
+        self,
+        segs: Sequence[Segment[Token]],
+        scores: Scores,
+        model: Model,
+        threshold: float,
+        now: float,
+    ) -> None:
+        """Consecutive segments of one batch that are all this input's: what `scored` on each
+        in turn does, which an input may do once for the run (per batch, not per message)."""
         ...
 
     def busy(self) -> int:

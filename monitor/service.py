@@ -319,8 +319,15 @@ class Service:
         m.batch_size.observe(n)
         m.inference_seconds.observe(inference.seconds)
         now = time.time()
-        for seg in batch.segments:
-            seg.token.owner.scored(seg, scores, model, threshold, now)
+        segs = batch.segments
+        i = 0
+        while i < len(segs):  # runs of consecutive segments of one input, handed over at once
+            owner = segs[i].token.owner
+            j = i + 1
+            while j < len(segs) and segs[j].token.owner is owner:
+                j += 1
+            owner.scored_run(segs[i:j], scores, model, threshold, now)
+            i = j
         log.debug(
             "batch_scored",
             batch_size=n,

@@ -19,6 +19,7 @@ import math
 import time
 import zlib
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -289,6 +290,18 @@ class StreamInput:
         self._release(dev)
 
     # ------------------------------------------------------------------ results
+
+    def scored_run(
+        self,
+        segs: Sequence[Segment[Token]],
+        scores: Scores,
+        model: Model,
+        threshold: float,
+        now: float,
+    ) -> None:
+        """Segment by segment: beat alerts are few (one per anomalous beat, not per window)."""
+        for seg in segs:
+            self.scored(seg, scores, model, threshold, now)
 
     def scored(
         self, seg: Segment[Token], scores: Scores, model: Model, threshold: float, now: float

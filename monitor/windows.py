@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,6 +123,161 @@ class WindowInput:
         d.scores = None
         reason = f"the daemon failed on this message ({type(error).__name__}); see its log"
         self._reject(d, self._reject_of(d, "internal_error", reason))
+
+    def scored_run(
+        self,
+        segs: Sequence[Segment[Token]],
+        scores: Scores,
+        model: Model,
+        threshold: float,
+        now: float,
+    ) -> None:
+        """The run's segments at once, as `scored` on each would settle them: per-segment counts
+        from one `reduceat`, every alert of the run encoded together and framed into one
+        write, then each message's scores, rejects and acknowledgement. The one difference in
+        order: a storm notice goes out ahead of the run's alerts instead of between them.
+
+        Segment by segment instead when the alert policy keeps per-device state
+        (min_consecutive, cooldown), and when encoding the run fails (an alert the encoder
+        refuses): then the messages before the failing one are settled as before and the
+        batch failure rejects the rest."""
+        p = self.p
+        if p.policy.active or len(segs) == 1:
+            for seg in segs:
+                self.scored(seg, scores, model, threshold, now)
+            return
+        lo = segs[0].offset
+        hi = segs[-1].offset + segs[-1].count  # a run's segments are consecutive batch rows
+        starts = np.fromiter((seg.offset for seg in segs), np.intp, len(segs)) - lo
+        finite, anomalous = scores.finite[lo:hi], scores.anomalous[lo:hi]
+        n_finite = np.add.reduceat(finite, starts, dtype=np.intp).tolist()
+        n_anomalous = np.add.reduceat(anomalous, starts, dtype=np.intp).tolist()
+        hits = np.flatnonzero(anomalous)  # rows of the run
+        per_segment: list[int] = []
+        seqs: list[int] = []
+        payloads: list[bytes] = []
+        published_at = 0.0
+        if hits.size:
+            try:
+                per_segment, seqs, payloads, published_at = self._encode_run(
+                    segs, starts, hits, lo=lo, scores=scores, model=model, threshold=threshold
+                )
+            except Exception:
+                for seg in segs:  # settles up to the failing message, which raises
+                    self.scored(seg, scores, model, threshold, now)
+                return
+        for seg, n_f, n_a in zip(segs, n_finite, n_anomalous, strict=True):
+            d = seg.token
+            assert isinstance(d, Delivery) and d.frame is not None
+            p.feed_storm(d.frame.device_id, n_f, n_a)
+        if payloads:
+            self._publish_run(segs, per_segment, seqs, payloads, published_at)
+        for seg, n_f in zip(segs, n_finite, strict=True):
+            d = seg.token
+            assert isinstance(d, Delivery) and d.frame is not None
+            if d.scores is not None:
+                d.scores[seg.start : seg.stop] = scores.score[seg.offset : seg.offset + seg.count]
+            if n_f < seg.count:
+                bad = ~scores.finite[seg.offset : seg.offset + seg.count]
+                self._out_of_range(d, d.frame, seg.start + np.flatnonzero(bad))
+            d.windows_left -= seg.count
+            if d.windows_left == 0:
+                if d.scores is not None:
+                    self._publish_scores(d, model, threshold)
+                self._check_done(d)
+
+    def _encoder_for(self, model: Model, threshold: float) -> AlertEncoder:
+        info, enc = model.info, self._encoder
+        if (
+            enc is None
+            or (enc.model, enc.model_version) != (info.name, info.version)
+            or enc.threshold != threshold
+        ):
+            enc = self._encoder = AlertEncoder(threshold, info.name, info.version)
+        return enc
+
+    def _encode_run(
+        self,
+        segs: Sequence[Segment[Token]],
+        starts: np.ndarray,
+        hits: np.ndarray,
+        *,
+        lo: int,
+        scores: Scores,
+        model: Model,
+        threshold: float,
+    ) -> tuple[list[int], list[int], list[bytes], float]:
+        """The alerts of a run's hit rows, without side effects: alerts per segment, their seqs
+        and payloads, and the published_at they carry."""
+        which = np.searchsorted(starts, hits, side="right") - 1  # the segment of each hit
+        per_segment = np.bincount(which, minlength=len(segs)).tolist()
+        rows = hits - starts[which]  # row within its segment
+        devices: list[str] = []
+        seqs: list[int] = []
+        ts: list[float] = []
+        received: list[float] = []
+        pos = 0
+        for seg, k in zip(segs, per_segment, strict=True):
+            if not k:
+                continue
+            d = seg.token
+            assert isinstance(d, Delivery) and d.frame is not None
+            frame = d.frame
+            at = rows[pos : pos + k] + seg.start
+            pos += k
+            devices += [frame.device_id] * k
+            seqs += (at + frame.seq).tolist()
+            ts += [frame.ts] * k if frame.fs is None else [frame.window_ts(r) for r in at.tolist()]
+            received += [d.message.received_at] * k
+        batch_rows = hits + lo
+        published_at = time.time()
+        payloads = self._encoder_for(model, threshold).encode(
+            devices,
+            seqs=seqs,
+            ts=ts,
+            scores=scores.score[batch_rows].tolist(),
+            peaks=scores.peak_index[batch_rows].tolist(),
+            received_at=received,
+            published_at=published_at,
+            p_values=None if scores.p_value is None else scores.p_value[batch_rows].tolist(),
+        )
+        return per_segment, seqs, payloads, published_at
+
+    def _publish_run(
+        self,
+        segs: Sequence[Segment[Token]],
+        per_segment: list[int],
+        seqs: list[int],
+        payloads: list[bytes],
+        published_at: float,
+    ) -> None:
+        """The run's alerts in one framed write; each message counts its own once queued."""
+        assert self.p.bridge is not None
+        m = self.p.metrics
+        items: list[tuple[bytes, bytes, Callable[[], None]]] = []
+        received: list[float] = []
+        owners: list[tuple[Delivery, int, int]] = []
+        pos = 0
+        for seg, k in zip(segs, per_segment, strict=True):
+            if not k:
+                continue
+            d = seg.token
+            assert isinstance(d, Delivery) and d.frame is not None
+            if d.on_published is None:
+                d.on_published = functools.partial(self._published, d)
+            topic = f"{self.p.prefix}/{d.frame.device_id}/alert".encode()
+            done = d.on_published
+            items += [(topic, payload, done) for payload in payloads[pos : pos + k]]
+            received += [d.message.received_at] * k
+            owners.append((d, k, seqs[pos]))
+            pos += k
+        self.p.bridge.publish_many(items)
+        for d, k, first_seq in owners:
+            d.publishes_left += k  # counted once queued, as `_publish` does
+            assert d.frame is not None
+            log.debug("alerts", device_id=d.frame.device_id, first_seq=first_seq, count=k)
+        m.latency_seconds.observe_many(published_at - np.asarray(received))
+        m.alerts.inc(len(items))
 
     def scored(
         self, seg: Segment[Token], scores: Scores, model: Model, threshold: float, now: float
