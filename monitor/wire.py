@@ -130,10 +130,10 @@ def decode(
     if not isinstance(payload, bytes):
         payload = bytes(payload)  # a read-only buffer the returned samples can share
     if payload[:4] == MAGIC:
-        frame = _decode_binary(payload, device_id, window_length, max_windows)
+        frame, peak = _decode_binary(payload, device_id, window_length, max_windows)
     else:
         frame = _decode_json(payload, device_id, window_length, max_windows)
-    peak = float(np.abs(frame.samples).max())
+        peak = float(np.abs(frame.samples).max())
     if peak > max_abs:
         raise PayloadError(
             "out_of_range", f"a sample of magnitude {peak:.3g} exceeds the bound {max_abs:.3g}"
@@ -143,7 +143,11 @@ def decode(
     return frame
 
 
-def _decode_binary(payload: bytes, device_id: str, window_length: int, max_windows: int) -> Frame:
+def _decode_binary(
+    payload: bytes, device_id: str, window_length: int, max_windows: int
+) -> tuple[Frame, float]:
+    """The frame and its largest sample magnitude: one pass over the samples finds both a
+    non-finite sample (max |x| is NaN or inf exactly when one is) and the range check's peak."""
     if len(payload) < HEADER.size:
         raise PayloadError(
             "bad_frame", f"binary frame of {len(payload)} bytes < {HEADER.size}-byte header"
@@ -171,9 +175,10 @@ def _decode_binary(payload: bytes, device_id: str, window_length: int, max_windo
     samples = np.frombuffer(payload, dtype=_F32_LE, offset=HEADER.size).reshape(count, length)
     if samples.dtype != np.float32:  # big-endian host
         samples = samples.astype(np.float32)
-    if not np.isfinite(samples).all():
+    peak = float(np.abs(samples).max())
+    if not math.isfinite(peak):
         raise PayloadError("non_finite", "samples contain NaN or Inf")
-    return Frame(device_id, seq, ts, float(fs) if fs != 0.0 else None, samples)
+    return Frame(device_id, seq, ts, float(fs) if fs != 0.0 else None, samples), peak
 
 
 def _is_number(v: object) -> bool:
