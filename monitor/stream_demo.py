@@ -291,7 +291,7 @@ def main(args: argparse.Namespace) -> int:
         devices=args.devices,
         interrupted=code == 130,
     )
-    print(summary.render(), flush=True)
+    print(summary.render(), file=sys.stderr, flush=True)  # stdout: the alert lines only
     if args.summary_json is not None:
         args.summary_json.write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return code

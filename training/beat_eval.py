@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from monitor.frontend.match import match_beats
-from training.evaluate import recall_at_fpr, roc_auc
+from training.metrics import recall_at_fpr, roc_auc
 from training.mitdb import FALSE_DETECTION, RecordBeats
 
 ABNORMAL = ("S", "V", "F", "Q")

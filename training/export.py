@@ -9,7 +9,6 @@ metadata_props.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import warnings
@@ -27,12 +26,10 @@ from monitor.beats import synthetic_beats
 from training.detector import CALIBRATION, load_checkpoint, model_from_checkpoint
 from training.errors import ExportError
 from training.models import Autoencoder
+from training.onnx_common import ATOL, OPSET, RTOL_SCORE, weights_sha256
 from training.quantize import quantize_checked
 
-OPSET = 17
 PARITY_BATCHES = (1, 7, 64)
-ATOL = 1e-4
-RTOL_SCORE = 1e-4
 
 
 class ScoringGraph(nn.Module):
@@ -45,14 +42,6 @@ class ScoringGraph(nn.Module):
     def forward(self, windows: Tensor) -> tuple[Tensor, Tensor]:
         score, recon = self.model.score(windows)
         return recon, score
-
-
-def weights_sha256(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _metadata(ckpt: dict[str, Any], run_dir: Path, model: Autoencoder) -> dict[str, str]:

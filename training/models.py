@@ -400,3 +400,27 @@ def build_model(variant: str, input_dim: int, latent_dim: int, **options: Any) -
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """`--option KEY=VALUE` strings to a variant options dict (values typed as bool, int, float
+    or left as text; check_options then checks them against the variant)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TrainingError(f"--option expects KEY=VALUE, got {item!r}")
+        options[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return options

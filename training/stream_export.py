@@ -26,7 +26,7 @@ from monitor.frontend.segment import Segmentation
 from monitor.frontend.stream import process_record
 from monitor.frontend.synthetic import synthetic_stream
 from training.errors import ExportError
-from training.export import ATOL, OPSET, RTOL_SCORE, weights_sha256
+from training.onnx_common import ATOL, OPSET, RTOL_SCORE, weights_sha256
 from training.stream_model import StreamScorer, score_definition, scorer_from_checkpoint
 
 

@@ -25,6 +25,7 @@ from monitor.frontend.segment import Segmentation
 from training import beat_eval
 from training.errors import TrainingError
 from training.mitdb import BeatData, load_beat_data
+from training.models import parse_options
 from training.stream_model import (
     StreamFitConfig,
     StreamScorer,
@@ -141,7 +142,6 @@ def fit_stream(
 
 def fit_main(args: argparse.Namespace) -> int:
     """`ecg-train fit --data mitdb:DIR|stream-synthetic[:MIN] …`"""
-    from training.train import parse_options  # noqa: PLC0415 (train imports this module)
 
     torch.set_num_threads(max(1, args.threads))
     options = parse_options(args.option)

@@ -43,7 +43,14 @@ from training.detector import CALIBRATION, CHECKPOINT, Detector, resolve_device
 from training.errors import TrainingError
 from training.evaluate import evaluate_run
 from training.mitdb import is_beat_spec
-from training.models import MODELS, Autoencoder, build_model, check_options, count_parameters
+from training.models import (
+    MODELS,
+    Autoencoder,
+    build_model,
+    check_options,
+    count_parameters,
+    parse_options,
+)
 from training.multifit import Recipe, fit_one, score_windows
 
 # Sound defaults per variant (the same recipes live in configs/train-<variant>.toml).
@@ -355,28 +362,6 @@ def _calibrate(cfg: FitConfig, dataset: Dataset, detector: Detector) -> Calibrat
 
 
 # ---------------------------------------------------------------- `ecg-train fit`
-
-
-def _parse_value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_options(items: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise TrainingError(f"--option expects KEY=VALUE, got {item!r}")
-        options[key.strip().replace("-", "_")] = _parse_value(value.strip())
-    return options
 
 
 def read_recipe(path: Path) -> dict[str, Any]:
