@@ -45,7 +45,25 @@ PREFIX = "ecg_monitor_"
 LabelKey = tuple[tuple[str, str], ...]
 
 
-class _Family(Collector):
+class _Series(Collector):
+    """Name, help text and lock of one of our series, and its registry hookup (at most once).
+
+    Subclasses set up their own state after `__init__` and only then register: a registry
+    collects a collector as it registers it.
+    """
+
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name, self.help = PREFIX + name, help_text
+        self._lock = threading.Lock()
+        self.registry: CollectorRegistry | None = None
+
+    def register(self, registry: CollectorRegistry) -> None:
+        if self.registry is None:
+            registry.register(self)
+            self.registry = registry
+
+
+class _Family(_Series):
     """Shared part of our series: name, help, label sets -> value, registry hookup.
 
     Label names come with each call (`inc(code="bad_json")`), so a series needs no declaration,
@@ -58,17 +76,10 @@ class _Family(Collector):
     def __init__(
         self, name: str, help_text: str, registry: CollectorRegistry | None = None
     ) -> None:
-        self.name, self.help = PREFIX + name, help_text
+        super().__init__(name, help_text)
         self._values: dict[LabelKey, float] = {}
-        self._lock = threading.Lock()
-        self.registry: CollectorRegistry | None = None
         if registry is not None:
             self.register(registry)
-
-    def register(self, registry: CollectorRegistry) -> None:
-        if self.registry is None:
-            registry.register(self)
-            self.registry = registry
 
     def value(self, **labels: str) -> float:
         """Current value of one series (0 if it was never set)."""
@@ -153,7 +164,7 @@ class Gauge(_Family):
         yield self._family(samples)
 
 
-class Histogram(Collector):
+class Histogram(_Series):
     """Cumulative histogram over numpy bucket counts; exposed as a prometheus HistogramMetricFamily.
 
     Updated from the event loop, read by the scrape thread: a lock keeps buckets, sum and
@@ -167,19 +178,12 @@ class Histogram(Collector):
         buckets: Iterable[float],
         registry: CollectorRegistry | None = None,
     ) -> None:
-        self.name, self.help = PREFIX + name, help_text
+        super().__init__(name, help_text)
         self.bounds = np.array(sorted(float(b) for b in buckets), np.float64)
         self._counts = np.zeros(len(self.bounds) + 1, np.int64)  # last: above every bound
         self._sum = 0.0
-        self._lock = threading.Lock()
-        self.registry: CollectorRegistry | None = None
         if registry is not None:
             self.register(registry)
-
-    def register(self, registry: CollectorRegistry) -> None:
-        if self.registry is None:
-            registry.register(self)
-            self.registry = registry
 
     def observe(self, value: float) -> None:
         i = int(np.searchsorted(self.bounds, value, side="left"))

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from monitor.errors import PayloadError
-from monitor.wire import DEVICE_ID_RE, U64_MAX, check_device_id
+from monitor.wire import U64_MAX, check_device_id, parse_topic
 
 MAGIC = b"ECGS"
 VERSION = 1
@@ -65,12 +65,7 @@ class Chunk:
 
 def parse_stream_topic(topic: str, prefix: str) -> str:
     """`<prefix>/<device_id>/stream` -> device_id; PayloadError("bad_device_id") otherwise."""
-    head, tail = prefix + "/", "/stream"
-    if topic.startswith(head) and topic.endswith(tail) and len(topic) > len(head) + len(tail):
-        device_id = topic[len(head) : -len(tail)]
-        if DEVICE_ID_RE.match(device_id):
-            return device_id
-    raise PayloadError("bad_device_id", f"topic {topic[:200]!r} is not {prefix}/<device_id>/stream")
+    return parse_topic(topic, prefix, "stream")
 
 
 def decode_stream(

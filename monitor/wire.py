@@ -93,14 +93,17 @@ class Frame:
         return [self.window(i) for i in range(self.count)]
 
 
-def parse_topic(topic: str, prefix: str) -> str:
-    """`<prefix>/<device_id>/window` -> device_id; PayloadError("bad_device_id") otherwise."""
-    head, tail = prefix + "/", "/window"
+def parse_topic(topic: str, prefix: str, kind: str = "window") -> str:
+    """`<prefix>/<device_id>/<kind>` -> device_id; PayloadError("bad_device_id") otherwise.
+
+    `kind` is the input's last topic level: "window", or "stream" (monitor.stream_wire).
+    """
+    head, tail = prefix + "/", "/" + kind
     if topic.startswith(head) and topic.endswith(tail) and len(topic) > len(head) + len(tail):
         device_id = topic[len(head) : -len(tail)]
         if DEVICE_ID_RE.match(device_id):
             return device_id
-    raise PayloadError("bad_device_id", f"topic {topic[:200]!r} is not {prefix}/<device_id>/window")
+    raise PayloadError("bad_device_id", f"topic {topic[:200]!r} is not {prefix}/<device_id>/{kind}")
 
 
 def check_device_id(device_id: str) -> None:
