@@ -416,6 +416,11 @@ def main() -> int:
     ap.add_argument(
         "--daemon-tree", type=Path, help="checkout whose monitor/ the daemon runs (default: this)"
     )
+    ap.add_argument(
+        "--toml",
+        default="",
+        help="TOML appended to each daemon's config, e.g. $'[batch]\\nmax_batch = 512'",
+    )
     ap.add_argument("--note", default="", help="a line about load conditions for the record")
     args = ap.parse_args()
     loads = [LOADS[n] for n in args.loads.split(",")]
@@ -447,6 +452,7 @@ def main() -> int:
                                     messages,
                                     tmp,
                                     instances=args.instances,
+                                    extra_toml=args.toml,
                                     profile=args.profile,
                                     broker_pid=broker.proc.pid,
                                 )

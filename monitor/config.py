@@ -67,13 +67,26 @@ class ModelConfig:
 
 
 AUTO = -1  # `max_batch = "auto"` / `pipeline_depth = "auto"`: sized for the provider
-# provider -> (max_batch, pipeline_depth) for "auto". A CPU batch of 64 is past the point where
-# ONNX Runtime's per-call overhead stops mattering for the dense model; a GPU needs thousands
-# of windows per call to be busy, and more batches in flight to hide the copies.
+# provider -> (max_batch, pipeline_depth) for "auto". A GPU needs thousands of windows per call
+# to be busy, and more batches in flight to hide the copies. On CPU the batch is sized by the
+# model's measured cost (`cpu_auto_batch`): every batch pays a fixed cost in the daemon
+# (batching, scoring, the alert and ack run: ~0.5-0.8 ms here), so a cheap model wants
+# batches as large as latency allows, an expensive one (the LSTM) gains nothing past 64.
 AUTO_BATCH: dict[str, tuple[int, int]] = {
     "CPUExecutionProvider": (64, 2),
     "CUDAExecutionProvider": (4096, 4),
 }
+CPU_AUTO_BATCHES = (64, 128, 256, 512, 1024)
+CPU_BATCH_BUDGET_S = 0.002  # the inference time a CPU "auto" batch may cost
+
+
+def cpu_auto_batch(seconds_per_window: float | None) -> int:
+    """The largest of CPU_AUTO_BATCHES whose inference takes at most CPU_BATCH_BUDGET_S at
+    the measured cost per window (64 when the cost is unknown or already over budget)."""
+    if seconds_per_window is None or not seconds_per_window > 0.0:
+        return CPU_AUTO_BATCHES[0]
+    fits = [n for n in CPU_AUTO_BATCHES if n * seconds_per_window <= CPU_BATCH_BUDGET_S]
+    return fits[-1] if fits else CPU_AUTO_BATCHES[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +95,17 @@ class BatchConfig:
     max_wait_ms: float = 5.0
     pipeline_depth: int = AUTO
 
-    def for_provider(self, provider: str, queue_windows: int | None = None) -> BatchConfig:
-        """Concrete sizes for the provider the model runs on ("auto" resolved; max_batch never
-        above queue_windows)."""
+    def for_provider(
+        self,
+        provider: str,
+        queue_windows: int | None = None,
+        seconds_per_window: float | None = None,
+    ) -> BatchConfig:
+        """Concrete sizes for the provider the model runs on ("auto" resolved; on CPU from the
+        model's measured `seconds_per_window`; max_batch never above queue_windows)."""
         batch, depth = AUTO_BATCH.get(provider, AUTO_BATCH["CPUExecutionProvider"])
+        if provider != "CUDAExecutionProvider":
+            batch = cpu_auto_batch(seconds_per_window)
         max_batch = batch if self.max_batch == AUTO else self.max_batch
         if queue_windows is not None and self.max_batch == AUTO:
             max_batch = min(max_batch, queue_windows)

@@ -77,6 +77,9 @@ class Model:
         self._session = session
         self.info = info
         self._io_binding = io_binding
+        # inference seconds per window at the warm-up batch (None until warmed up): what
+        # `max_batch = "auto"` sizes CPU batches by
+        self.seconds_per_window: float | None = None
 
     def run(self, windows: np.ndarray, context: np.ndarray | None = None) -> Inference:
         """Score a float32 [n, L] batch (one session.run); `context` [n, k] feeds the model's
@@ -332,20 +335,25 @@ def _check_contract(path: str, session: Any, provider: str) -> ModelInfo:
 
 
 def _warm_up(model: Model, batch: int) -> None:
-    """Run the model once (and at batch 1) so the first real batch is not slow; check shapes."""
+    """Run the model once (and at batch 1) so the first real batch is not slow; check shapes;
+    then time two more runs of the batch (the faster one sets `seconds_per_window`)."""
     length = model.info.window_length
     rng = np.random.default_rng(0)
-    for n in (max(1, batch), 1):
-        x = rng.standard_normal((n, length)).astype(np.float32)
-        k = model.info.context_size
-        ctx = np.zeros((n, k), np.float32) if k else None
+    n = max(1, batch)
+    k = model.info.context_size
+    runs = []
+    for size in (n, 1, n, n):
+        x = rng.standard_normal((size, length)).astype(np.float32)
+        ctx = np.zeros((size, k), np.float32) if k else None
         try:
             out = model.run(x, ctx)
         except Exception as e:
             raise ModelLoadError(model.info.path, f"warm-up run failed: {_one_line(e)}") from None
-        if out.reconstruction.shape != (n, length) or out.score.shape != (n,):
+        if out.reconstruction.shape != (size, length) or out.score.shape != (size,):
             raise ModelLoadError(
                 model.info.path,
                 f"outputs reconstruction {out.reconstruction.shape} / score {out.score.shape}, "
-                f"expected ({n}, {length}) / ({n},)",
+                f"expected ({size}, {length}) / ({size},)",
             )
+        runs.append(out.seconds)
+    model.seconds_per_window = min(runs[2:]) / n

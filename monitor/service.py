@@ -49,7 +49,10 @@ class Service:
     """The running daemon. Everything but inference runs on the event loop thread."""
 
     def __init__(self, cfg: Config, model: Model, notifier: Notifier | None = None) -> None:
-        batch = cfg.batch.for_provider(model.info.provider, cfg.limits.queue_windows)
+        self._batch_spec = cfg.batch  # as configured: "auto" is resolved again on reload
+        batch = cfg.batch.for_provider(
+            model.info.provider, cfg.limits.queue_windows, model.seconds_per_window
+        )
         self.cfg = cfg = dataclasses.replace(cfg, batch=batch)  # "auto" sizes resolved
         self.model = model
         self.notifier = notifier or Notifier()
@@ -157,6 +160,8 @@ class Service:
                     model=self.model.info.name,
                     model_version=self.model.info.version,
                     provider=self.model.info.provider,
+                    max_batch=self.batcher.max_batch,
+                    pipeline_depth=self.cfg.batch.pipeline_depth,
                 )
             await stop
             online.cancel()
@@ -344,6 +349,18 @@ class Service:
             self._background.add(task)  # keep a reference until it is done
             task.add_done_callback(self._background.discard)
 
+    def _resize_batches(self, model: Model) -> None:
+        """An "auto" max_batch follows the model's cost (a reload may swap dense for LSTM)."""
+        batch = self._batch_spec.for_provider(
+            model.info.provider, self.cfg.limits.queue_windows, model.seconds_per_window
+        )
+        if batch.max_batch != self.batcher.max_batch:
+            log.info("batch_resized", max_batch=batch.max_batch, was=self.batcher.max_batch)
+            self.batcher.max_batch = batch.max_batch
+            self.cfg = dataclasses.replace(
+                self.cfg, batch=dataclasses.replace(self.cfg.batch, max_batch=batch.max_batch)
+            )
+
     async def reload(self, why: str) -> bool:
         """Load and warm the model file again; swap only if it is good. True if swapped."""
         if self._reloading:
@@ -361,7 +378,9 @@ class Service:
                     provider=mc.provider,
                     intra_op_threads=mc.intra_op_threads,
                     graph_optimization=mc.graph_optimization,
-                    warmup_batch=self.cfg.batch.max_batch,
+                    warmup_batch=self._batch_spec.for_provider(
+                        self.model.info.provider, self.cfg.limits.queue_windows
+                    ).max_batch,
                 ),
             )
             old = self.model.info
@@ -393,6 +412,7 @@ class Service:
             self._reloading = False
             self.notifier.ready()
         self.model = new
+        self._resize_batches(new)
         self.storms.fpr = calibrated_fpr(new.info.metadata)
         self.metrics.reloads.inc(result="ok")
         self.metrics.set_model(new.info.name, new.info.version, new.info.provider)

@@ -99,8 +99,9 @@ def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
 
 
 def test_batch_sizes_auto_by_provider_and_explicit_values_win(tmp_path: Path) -> None:
-    """`max_batch`/`pipeline_depth` default to "auto": 64/2 on CPU, 4096/4 on CUDA (never
-    above queue_windows); explicit numbers are kept for every provider."""
+    """`max_batch`/`pipeline_depth` default to "auto": on CPU 64..1024 windows by the model's
+    measured cost per window (64 when unknown) and depth 2, 4096/4 on CUDA (never above
+    queue_windows); explicit numbers are kept for every provider."""
     auto = build_config({}, base_dir=tmp_path, env={}).batch
     assert (auto.max_batch, auto.pipeline_depth) == (AUTO, AUTO)
     cpu, cuda = (
@@ -109,6 +110,12 @@ def test_batch_sizes_auto_by_provider_and_explicit_values_win(tmp_path: Path) ->
     )
     assert (cpu.max_batch, cpu.pipeline_depth) == (64, 2)
     assert (cuda.max_batch, cuda.pipeline_depth) == (4096, 4)
+    # a dense model (~1 us a window here) gets 1024, the LSTM (~1.5 ms a window) stays at 64,
+    # a cost in between the largest power of two that keeps a batch within 2 ms
+    sizes = [auto.for_provider("CPUExecutionProvider", None, c).max_batch for c in (1e-6, 1.5e-3)]
+    assert sizes == [1024, 64]
+    assert auto.for_provider("CPUExecutionProvider", None, 2e-3 / 300).max_batch == 256
+    assert auto.for_provider("CPUExecutionProvider", 500, 1e-7).max_batch == 500
     assert auto.for_provider("CUDAExecutionProvider", queue_windows=1000).max_batch == 1000
     said = build_config(
         {"batch": {"max_batch": "auto", "pipeline_depth": 3}}, base_dir=tmp_path, env={}
@@ -116,6 +123,7 @@ def test_batch_sizes_auto_by_provider_and_explicit_values_win(tmp_path: Path) ->
     assert said.for_provider("CUDAExecutionProvider").pipeline_depth == 3
     fixed = build_config({"batch": {"max_batch": 256}}, base_dir=tmp_path, env={}).batch
     assert fixed.for_provider("CUDAExecutionProvider").max_batch == 256
+    assert fixed.for_provider("CPUExecutionProvider", None, 1e-7).max_batch == 256
     with pytest.raises(ConfigError, match="max_batch must be an integer"):
         build_config({"batch": {"max_batch": "big"}}, base_dir=tmp_path, env={})
 
