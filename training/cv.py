@@ -179,30 +179,8 @@ def nested_cv(
                     f"std/refit FA {c.fa[-1]:.3f} recall {c.recall[-1]:.3f} "
                     f"({time.monotonic() - started:.0f} s)"
                 )
-    results: dict[str, Any] = {}
-    n_held = sum(c.size for c in cells[(SCORES[0], DEPLOYS[0])].normal_scores)
-    for (kind, d), c in cells.items():
-        hs = np.concatenate(c.normal_scores)
-        as_ = np.concatenate(c.anomaly_scores)
-        lab = np.r_[np.zeros(hs.size, bool), np.ones(as_.size, bool)]
-        both = np.r_[hs, as_]
-        fa = np.asarray(c.fa)
-        weights = np.asarray([s.size for s in c.normal_scores], dtype=np.float64)
-        fa_pooled = float((fa * weights).sum() / weights.sum())
-        results[f"{kind}/{d}"] = {
-            "score": kind,
-            "deploy": d,
-            "roc_auc_pooled": roc_auc(both, lab),
-            "roc_auc_mean": float(np.mean(c.auc)),
-            **{f"recall_at_{lvl:g}": recall_at_fpr(both, lab, lvl) for lvl in FA_LEVELS},
-            "recall_at_threshold": float(np.mean(c.recall)),
-            "fa_at_threshold": fa_pooled,
-            # between-fold spread of the measured rate: the honest sampling error (it includes
-            # the calibration draw, which a binomial error over beats would leave out)
-            "fa_se": float(fa.std(ddof=1) / math.sqrt(fa.size)) if fa.size > 1 else math.nan,
-            "fa_binomial_se": math.sqrt(max(fa_pooled * (1 - fa_pooled), 1e-12) / weights.sum()),
-            "bound_fa_upper": float(np.mean(c.bound_upper)),
-        }
+    results = summarise(cells)
+    n_held = results[f"{SCORES[0]}/{DEPLOYS[0]}"]["held_out_judgements"]
     return {
         "variant": recipe.variant,
         "recipe": {
@@ -234,4 +212,75 @@ def nested_cv(
         "median_best_epoch": float(np.median(best_epochs)),
         "seconds": round(time.monotonic() - started, 1),
         "results": results,
+        "raw": {f"{k}/{d}": _raw(c) for (k, d), c in cells.items()},
     }
+
+
+def _raw(c: _Collect) -> dict[str, Any]:
+    """A cell's per-fold record, enough to pool runs of different seeds (`merge_runs`)."""
+    return {
+        "fa": c.fa,
+        "recall": c.recall,
+        "auc": c.auc,
+        "bound_upper": c.bound_upper,
+        "normal_scores": [np.round(s, 5).tolist() for s in c.normal_scores],
+        "anomaly_scores": [np.round(s, 5).tolist() for s in c.anomaly_scores],
+    }
+
+
+def summarise(cells: dict[tuple[str, str], _Collect]) -> dict[str, Any]:
+    """Per (score, deploy) metrics pooled over every outer fold of every repeat."""
+    results: dict[str, Any] = {}
+    for (kind, d), c in cells.items():
+        hs = np.concatenate(c.normal_scores)
+        as_ = np.concatenate(c.anomaly_scores)
+        lab = np.r_[np.zeros(hs.size, bool), np.ones(as_.size, bool)]
+        both = np.r_[hs, as_]
+        fa = np.asarray(c.fa)
+        weights = np.asarray([s.size for s in c.normal_scores], dtype=np.float64)
+        fa_pooled = float((fa * weights).sum() / weights.sum())
+        results[f"{kind}/{d}"] = {
+            "score": kind,
+            "deploy": d,
+            "roc_auc_pooled": roc_auc(both, lab),
+            "roc_auc_mean": float(np.mean(c.auc)),
+            **{f"recall_at_{lvl:g}": recall_at_fpr(both, lab, lvl) for lvl in FA_LEVELS},
+            "recall_at_threshold": float(np.mean(c.recall)),
+            "fa_at_threshold": fa_pooled,
+            # between-fold spread of the measured rate: the honest sampling error (it includes
+            # the calibration draw, which a binomial error over beats would leave out)
+            "fa_se": float(fa.std(ddof=1) / math.sqrt(fa.size)) if fa.size > 1 else math.nan,
+            "fa_binomial_se": math.sqrt(max(fa_pooled * (1 - fa_pooled), 1e-12) / weights.sum()),
+            "bound_fa_upper": float(np.mean(c.bound_upper)),
+            "held_out_judgements": int(weights.sum()),
+        }
+    return results
+
+
+def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run out of several of the same recipe and protocol with different seeds (e.g. run
+    side by side on two cores): the repeats add up, and every metric is pooled again."""
+    first = runs[0]
+    cells: dict[tuple[str, str], _Collect] = {}
+    for key in first["raw"]:
+        kind, _, d = key.partition("/")
+        c = _Collect([], [], [], [], [], [])
+        for run in runs:
+            raw = run["raw"][key]
+            c.fa += raw["fa"]
+            c.recall += raw["recall"]
+            c.auc += raw["auc"]
+            c.bound_upper += raw["bound_upper"]
+            c.normal_scores += [np.asarray(s) for s in raw["normal_scores"]]
+            c.anomaly_scores += [np.asarray(s) for s in raw["anomaly_scores"]]
+        cells[(kind, d)] = c
+    merged = dict(first)
+    merged["protocol"] = dict(first["protocol"]) | {
+        "repeats": sum(int(r["protocol"]["repeats"]) for r in runs),
+        "seed": [r["protocol"]["seed"] for r in runs],
+    }
+    merged["fits"] = sum(int(r["fits"]) for r in runs)
+    merged["seconds"] = sum(float(r["seconds"]) for r in runs)
+    merged["results"] = summarise(cells)
+    merged["raw"] = {f"{k}/{d}": _raw(c) for (k, d), c in cells.items()}
+    return merged
