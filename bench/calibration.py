@@ -155,9 +155,11 @@ def report_table(runs: list[dict[str, Any]], keys: Sequence[str]) -> str:
         if over:
             name += " (" + ", ".join(f"{k}={v}" for k, v in over.items()) + ")"
         for key in keys:
-            r = res[key]
+            r = res.get(key)
+            if r is None:
+                continue
             lines.append(
-                f"| {name} | {key} | {proto['repeats']} × {proto['outer_k']} "
+                f"| {name} | {key} | {r.get('repeats', proto['repeats'])} × {proto['outer_k']} "
                 f"| {r['roc_auc_pooled']:.4f} | {_pct(r['recall_at_0.001'])} "
                 f"| {_pct(r['recall_at_0.01'])} | {_pct(r['recall_at_0.05'])} "
                 f"| {_pct(r['fa_at_threshold'], 2)} ± {_pct(r['fa_se'], 2)} % "

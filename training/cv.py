@@ -16,9 +16,10 @@ false-alarm rates from the pooled held-out normal scores):
   (each calibration beat compared with the new beat's score by that beat's fold model) is
   ≤ α — the rule the CV+ bound is proven for.
 
-Each twice: `l1` (the plain L1 sum) and `std` (per-sample standardised residuals: weights
-from each model's own training windows, `Autoencoder.standardise_score`). No extra fits: the
-same models, a second set of weights.
+Each three times: `l1` (the plain L1 sum), `std` (per-sample standardised residuals: weights
+from each model's own training windows, `Autoencoder.standardise_score`) and `latent` (plus
+the Mahalanobis distance of the code from those windows' codes,
+`Autoencoder.set_latent_distance`). No extra fits: the same models, other score buffers.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from training.multifit import Fitted, Recipe, fit_many, score_windows
 
 ES_FRACTION = 0.1
 FA_LEVELS = (0.001, 0.01, 0.05)
-SCORES = ("l1", "std")
+SCORES = ("l1", "std", "latent")
 DEPLOYS = ("refit", "ensemble", "cv+")
 
 
@@ -53,10 +54,11 @@ def split_early_stopping(
     return np.sort(order[n_es:]), np.sort(order[:n_es])
 
 
-def standardised_copy(model: Autoencoder, x_normal: np.ndarray) -> Autoencoder:
-    """A copy of the model whose score weights come from these (its own training) windows."""
+def scored_copy(model: Autoencoder, kind: str, x_normal: np.ndarray) -> Autoencoder:
+    """A copy of the model whose score (`kind`) is set up from these (its own training)
+    windows."""
     out = copy.deepcopy(model)
-    out.standardise_score(torch.from_numpy(np.ascontiguousarray(x_normal, dtype=np.float32)))
+    out.apply_score(kind, torch.from_numpy(np.ascontiguousarray(x_normal, dtype=np.float32)))
     return out
 
 
@@ -123,12 +125,12 @@ def nested_cv(
             for kind in SCORES:
                 models = [f.model for f in fold_fits]
                 refit_model = refit.model
-                if kind == "std":
+                if kind != "l1":
                     models = [
-                        standardised_copy(m, normals[tr])
+                        scored_copy(m, kind, normals[tr])
                         for m, tr in zip(models, tr_sets, strict=True)
                     ]
-                    refit_model = standardised_copy(refit_model, normals[fit_t])
+                    refit_model = scored_copy(refit_model, kind, normals[fit_t])
                 oof = np.empty(t_idx.size)
                 fold_cal = []
                 for m, fold in zip(models, inner, strict=True):
@@ -259,14 +261,21 @@ def summarise(cells: dict[tuple[str, str], _Collect]) -> dict[str, Any]:
 
 def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One run out of several of the same recipe and protocol with different seeds (e.g. run
-    side by side on two cores): the repeats add up, and every metric is pooled again."""
+    side by side on two cores): the repeats add up, and every metric is pooled again. A cell
+    that only some runs have (a score kind added later) pools those runs and says how many
+    repeats it holds."""
     first = runs[0]
     cells: dict[tuple[str, str], _Collect] = {}
-    for key in first["raw"]:
+    repeats: dict[str, int] = {}
+    for key in dict.fromkeys(k for run in runs for k in run["raw"]):
         kind, _, d = key.partition("/")
         c = _Collect([], [], [], [], [], [])
+        repeats[key] = 0
         for run in runs:
-            raw = run["raw"][key]
+            raw = run["raw"].get(key)
+            if raw is None:
+                continue
+            repeats[key] += int(run["protocol"]["repeats"])
             c.fa += raw["fa"]
             c.recall += raw["recall"]
             c.auc += raw["auc"]
@@ -282,5 +291,7 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     merged["fits"] = sum(int(r["fits"]) for r in runs)
     merged["seconds"] = sum(float(r["seconds"]) for r in runs)
     merged["results"] = summarise(cells)
+    for key, n in repeats.items():
+        merged["results"][key]["repeats"] = n
     merged["raw"] = {f"{k}/{d}": _raw(c) for (k, d), c in cells.items()}
     return merged

@@ -13,7 +13,7 @@ import torch
 from monitor.beats import check_windows
 from training.calibrate import Calibration, calibrate
 from training.errors import TrainingError
-from training.models import Autoencoder, build_model
+from training.models import Autoencoder, build_model, load_state
 
 CHECKPOINT = "checkpoint.pt"
 CALIBRATION = "calibration.json"
@@ -53,10 +53,7 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
 def model_from_checkpoint(ckpt: dict[str, Any]) -> Autoencoder:
     spec = ckpt["model"]
     model = build_model(spec["variant"], spec["input_dim"], spec["latent_dim"], **spec["options"])
-    state = dict(ckpt["state_dict"])
-    # checkpoints from before standardised scores have no score_weight: unit weights
-    state.setdefault("score_weight", torch.ones(int(spec["input_dim"])))
-    model.load_state_dict(state)
+    load_state(model, dict(ckpt["state_dict"]))
     model.eval()
     return model
 

@@ -32,6 +32,12 @@ from training.quantize import quantize_checked
 PARITY_BATCHES = (1, 7, 64)
 
 
+def score_name(model: Autoencoder) -> str:
+    """`ecg.score`: l1_sum, std_l1_sum, and `_plus_latent_distance` with the latent term."""
+    name = "std_l1_sum" if model.standardised else "l1_sum"
+    return name + "_plus_latent_distance" if model.latent_scored else name
+
+
 class ScoringGraph(nn.Module):
     """windows -> (reconstruction, score): the exported computation."""
 
@@ -54,7 +60,7 @@ def _metadata(ckpt: dict[str, Any], run_dir: Path, model: Autoencoder) -> dict[s
         "ecg.window_length": str(model.input_dim),
         "ecg.threshold": repr(float(calibration["threshold"])),
         # std_l1_sum: Σ w_j |x_j − r_j| with per-sample weights baked into the graph
-        "ecg.score": "std_l1_sum" if model.standardised else "l1_sum",
+        "ecg.score": score_name(model),
         "ecg.variant": model.variant,
         "ecg.model_name": f"{str(data['name']).lower()}-{model.variant}",
         "ecg.model_version": version,

@@ -17,7 +17,21 @@ from torch import Tensor, nn
 from training.errors import TrainingError
 
 ZSCORE_EPS = 1e-6
+# buffers a checkpoint may lack (it predates them): `load_state` keeps their defaults
+OPTIONAL_BUFFERS = ("score_weight", "latent_mean", "latent_whiten", "latent_weight")
 SPREAD_FLOOR = 0.1  # of the mean spread, added to each sample's spread (standardise_score)
+
+
+def load_state(module: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load weights into a model (or a module holding one); buffers that a checkpoint from
+    before them lacks keep their defaults (unit score weights, no latent term)."""
+    defaults = {
+        k: v for k, v in module.state_dict().items() if k.rsplit(".", 1)[-1] in OPTIONAL_BUFFERS
+    }
+    module.load_state_dict({**defaults, **state})
+    for m in module.modules():
+        if isinstance(m, Autoencoder):
+            m.latent_term = bool(m._buffer("latent_weight") != 0)
 
 
 def l1_sum(x: Tensor, recon: Tensor) -> Tensor:
@@ -42,6 +56,13 @@ class Autoencoder(nn.Module):
         # them to 1 / (spread of that sample's error over normal beats), so the exported graph
         # scores a standardised residual and `score` stays one number.
         self.register_buffer("score_weight", torch.ones(input_dim))
+        # The latent-distance term (`set_latent_distance`): score += latent_weight ·
+        # ‖(h − latent_mean) · latent_whiten‖₂, the Mahalanobis distance of the window's code h
+        # from the training normals' codes. Weight 0 (the default) leaves the plain score.
+        self.register_buffer("latent_mean", torch.zeros(latent_dim))
+        self.register_buffer("latent_whiten", torch.zeros(latent_dim, latent_dim))
+        self.register_buffer("latent_weight", torch.zeros(()))
+        self.latent_term = False  # a Python flag, so an export without the term has no ops for it
 
     def prepare(self, x: Tensor) -> Tensor:
         """The model's input preprocessing: per-window z-score (population std) or identity."""
@@ -51,29 +72,84 @@ class Autoencoder(nn.Module):
         std = (x - mean).pow(2).mean(dim=1, keepdim=True).sqrt()
         return (x - mean) / (std + ZSCORE_EPS)
 
+    def encode(self, xp: Tensor) -> Tensor:
+        """The latent code [B, latent_dim] of an already preprocessed window."""
+        raise NotImplementedError
+
+    def decode(self, h: Tensor) -> Tensor:
+        raise NotImplementedError
+
     def reconstruct_prepared(self, xp: Tensor) -> Tensor:
         """Clean reconstruction of an already preprocessed window."""
-        raise NotImplementedError
+        return self.decode(self.encode(xp))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.reconstruct_prepared(self.prepare(x))
 
     def score(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(weighted L1-sum score [B], reconstruction [B, L]) — what the exported graph
-        computes; with the default unit weights, the plain L1 sum."""
+        """(score [B], reconstruction [B, L]) — what the exported graph computes: the weighted
+        L1 sum plus the latent-distance term; with the defaults (unit weights, latent weight
+        0), the plain L1 sum."""
         xp = self.prepare(x)
-        recon = self.reconstruct_prepared(xp)
-        weight = self._score_weight()
-        return ((xp - recon).abs() * weight).sum(dim=1), recon
+        h = self.encode(xp)
+        recon = self.decode(h)
+        l1 = ((xp - recon).abs() * self._score_weight()).sum(dim=1)
+        if not self.latent_term:
+            return l1, recon
+        return l1 + self._buffer("latent_weight") * self._latent_distance(h), recon
+
+    def _buffer(self, name: str) -> Tensor:
+        value = getattr(self, name)
+        assert isinstance(value, Tensor)
+        return value
 
     def _score_weight(self) -> Tensor:
-        weight = self.score_weight
-        assert isinstance(weight, Tensor)
-        return weight
+        return self._buffer("score_weight")
+
+    def _latent_distance(self, h: Tensor) -> Tensor:
+        d = (h - self._buffer("latent_mean")) @ self._buffer("latent_whiten")
+        return d.pow(2).sum(dim=1).sqrt()
+
+    @property
+    def latent_scored(self) -> bool:
+        return self.latent_term
+
+    def set_latent_distance(self, x_normal: Tensor, weight: float = 1.0) -> float:
+        """Add the Mahalanobis distance of the code from these (training) normals' codes.
+
+        Mean and covariance of their codes (ridge 1e-3 of the mean variance); the term is
+        scaled so that on these windows its median is `weight` times the median of the
+        reconstruction score. Sets the buffers and returns the scale."""
+        with torch.no_grad():
+            self.latent_term = False
+            xp = self.prepare(x_normal)
+            h = self.encode(xp).double()
+            recon_score = self.score(x_normal)[0].double()
+            mean = h.mean(dim=0)
+            cov = torch.cov(h.T).reshape(h.shape[1], h.shape[1])
+            cov = cov + 1e-3 * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
+            whiten = torch.linalg.inv(torch.linalg.cholesky(cov)).T  # ‖(h − μ)·W‖ = Mahalanobis
+            self._buffer("latent_mean").copy_(mean)
+            self._buffer("latent_whiten").copy_(whiten)
+            dist = self._latent_distance(h.float())
+            scale = weight * float(recon_score.median() / dist.double().median().clamp_min(1e-12))
+            self._buffer("latent_weight").fill_(scale)
+            self.latent_term = True
+        return scale
 
     @property
     def standardised(self) -> bool:
         return bool((self._score_weight() != 1).any())
+
+    def apply_score(self, kind: str, x_normal: Tensor) -> None:
+        """Set the score up from the model's own training normals: "l1" leaves the plain L1
+        sum, "std" standardises each sample's error, "latent" adds the latent distance."""
+        if kind == "std":
+            self.standardise_score(x_normal)
+        elif kind == "latent":
+            self.set_latent_distance(x_normal)
+        elif kind != "l1":
+            raise TrainingError(f"unknown score {kind!r}: l1, std or latent")
 
     def standardise_score(self, x_normal: Tensor, floor: float = SPREAD_FLOOR) -> Tensor:
         """Weight each sample's error by 1 / its spread over these normal windows.
@@ -149,9 +225,6 @@ class DenseAutoencoder(Autoencoder):
     def decode(self, h: Tensor) -> Tensor:
         out = self.dec2(torch.relu(self.dec1(h)))
         return torch.sigmoid(out) if self.output == "sigmoid" else out
-
-    def reconstruct_prepared(self, xp: Tensor) -> Tensor:
-        return self.decode(self.encode(xp))
 
     def corrupt(self, xp: Tensor) -> Tensor:
         """Input corruption during training (identity except for `denoising`)."""
@@ -325,9 +398,6 @@ class LSTMAutoencoder(Autoencoder):
         seq, _ = self.dec2(seq)
         out: Tensor = self.out(seq).squeeze(-1)
         return out
-
-    def reconstruct_prepared(self, xp: Tensor) -> Tensor:
-        return self.decode(self.encode(xp))
 
 
 MODELS: dict[str, type[Autoencoder]] = {

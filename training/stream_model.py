@@ -39,7 +39,7 @@ from monitor.frontend.segment import Segmentation
 from training.calibrate import METHODS, Calibration, calibrate
 from training.errors import TrainingError
 from training.mitdb import RecordBeats, split_records
-from training.models import Autoencoder, build_model, l1_sum
+from training.models import Autoencoder, build_model, l1_sum, load_state
 
 RR_FEATURES = ("prematurity", "pause", "pause_vs_pre")
 MAD_TO_SD = 1.4826
@@ -333,7 +333,7 @@ def scorer_from_checkpoint(ckpt: dict[str, Any]) -> StreamScorer:
         weight=float(p["weight"]) if p["uses_rr"] else 0.0,
         gate=float(p["gate"]),
     )
-    scorer.load_state_dict(ckpt["state_dict"])
+    load_state(scorer, dict(ckpt["state_dict"]))
     return scorer.eval()
 
 

@@ -15,7 +15,9 @@ the conformal quantile of the validation split's scores (exact bound, but n = 20
 normals); `quantile`/`lognormal`/`auto`: the older validation-split estimates.
 
 `--score std` weights each sample's error by 1 / its spread over the training normals
-(Autoencoder.standardise_score), baked into the exported graph.
+(Autoencoder.standardise_score); `--score latent` adds the Mahalanobis distance of the
+window's latent code from the training normals' codes, scaled to the reconstruction score
+(Autoencoder.set_latent_distance). Both are baked into the exported graph.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ CONFIG_KEYS = (
     "folds",
     "score",
 )
-SCORES = ("l1", "std")
+SCORES = ("l1", "std", "latent")
 # Early-stopping slice of each cross-conformal fold model's training windows.
 FOLD_ES_FRACTION = 0.1
 
@@ -113,7 +115,7 @@ class FitConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
     calibration: str = "cross-conformal"  # or conformal, quantile, lognormal, auto
     folds: int = 5  # cross-conformal folds (K)
-    score: str = "l1"  # "l1" (plain L1 sum) or "std" (per-sample standardised residuals)
+    score: str = "l1"  # "l1" (plain L1 sum), "std" (standardised residuals), "latent" (+ code)
 
     def __post_init__(self) -> None:
         # Types first (a recipe file can hold anything TOML can), then ranges.
@@ -264,8 +266,7 @@ def fit(
     seconds = time.monotonic() - started
 
     model = model.cpu()
-    if cfg.score == "std":
-        model.standardise_score(torch.from_numpy(dataset.train))
+    model.apply_score(cfg.score, torch.from_numpy(dataset.train))
     detector = Detector(model, device="cpu")
     calibration = _calibrate(cfg, dataset, detector)
     detector.calibration = calibration
@@ -338,8 +339,7 @@ def _calibrate(cfg: FitConfig, dataset: Dataset, detector: Detector) -> Calibrat
         n_es = max(1, round(FOLD_ES_FRACTION * order.size))
         fit_idx, es_idx = np.sort(order[n_es:]), np.sort(order[:n_es])
         fitted = fit_one(recipe, x, fit_idx, es_idx, seed=cfg.seed * 1000 + fold + 1)
-        if cfg.score == "std":
-            fitted.model.standardise_score(torch.from_numpy(np.ascontiguousarray(x[fit_idx])))
+        fitted.model.apply_score(cfg.score, torch.from_numpy(np.ascontiguousarray(x[fit_idx])))
         return _FoldScorer(fitted.model)
 
     cc = cross_conformal(fit_fold, normals, cfg.folds, groups=groups, seed=cfg.seed)
@@ -469,7 +469,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--score",
         choices=SCORES,
-        help="l1 (plain) or std (per-sample standardised residuals) " + recipe_default("score"),
+        help="l1 (plain), std (per-sample standardised residuals) or latent (plus the code's "
+        "Mahalanobis distance from the training normals') " + recipe_default("score"),
     )
     parser.add_argument(
         "--grad-clip",

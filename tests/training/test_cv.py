@@ -66,3 +66,31 @@ def test_fit_calibrates_cross_conformally_on_every_normal_by_default(tmp_path: P
     assert cal["scores"] == sorted(cal["scores"]) and cal["bound"]["folds"] == 3
     k = cal["bound"]["rank"]
     assert cal["threshold"] == cal["scores"][k - 1] and "cross-conformal" in cal["why"]
+
+
+def test_latent_distance_adds_the_codes_mahalanobis_distance_scaled_to_the_l1_score() -> None:
+    """`set_latent_distance`: score = L1 + w · ‖(h − μ) W‖ with μ, W from the training codes;
+    on those windows the term's median is the L1 score's median; a window whose code lies far
+    from the normals' codes gains more than the training windows do."""
+    x, y = synthetic_beats(120, seed=5)
+    normals = x[y == 1]
+    model = fit_many(TINY, normals, [np.arange(normals.shape[0])], [np.arange(10)])[0].model
+    plain = score_windows(model, normals)
+    model.set_latent_distance(torch.from_numpy(normals))
+    assert model.latent_scored
+    gained = score_windows(model, normals) - plain
+    assert np.median(gained) == pytest.approx(np.median(plain), rel=0.05)
+    with torch.no_grad():
+        h = model.encode(model.prepare(torch.from_numpy(normals))).double().numpy()
+    cov = np.cov(h.T) + 1e-3 * np.cov(h.T).diagonal().mean() * np.eye(h.shape[1])
+    d = h - h.mean(0)
+    maha = np.sqrt(np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d))
+    np.testing.assert_allclose(gained, float(model.latent_weight) * maha, rtol=1e-3, atol=1e-3)
+    far = normals[:4] * np.linspace(1.0, -1.0, normals.shape[1], dtype=np.float32)  # odd shapes
+    with torch.no_grad():
+        far_plain = (
+            model.score(torch.from_numpy(far))[0].numpy()
+            - float(model.latent_weight)
+            * model._latent_distance(model.encode(model.prepare(torch.from_numpy(far)))).numpy()
+        )
+    assert (score_windows(model, far) - far_plain > np.median(gained)).all()

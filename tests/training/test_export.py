@@ -137,3 +137,22 @@ def test_onnx_model_applies_the_preprocessing_its_metadata_names(tmp_path: Path)
     scores, _ = named.score(x)
     np.testing.assert_allclose(scores, plain.score(zscore(x))[0], rtol=1e-6)
     assert not np.allclose(plain.score(x)[0], scores)
+
+
+def test_a_latent_distance_score_exports_and_says_so(small: Dataset, tmp_path: Path) -> None:
+    """`--score latent`: the exported graph computes the L1 sum plus the latent term (parity
+    with torch through a checkpoint round trip), `ecg.score` names it, and the plain models'
+    graphs carry no op for it."""
+    cfg = FitConfig("dense", latent_dim=6, epochs=1, batch_size=64, lr=1e-3, score="latent")
+    run_dir = fit(cfg, small, tmp_path / "run", progress=False, plots=False)
+    detector = Detector.load(run_dir)
+    assert detector.model.latent_scored
+    path = export_run(run_dir, tmp_path / "latent.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["ecg.score"] == "l1_sum_plus_latent_distance"
+    want_scores, _ = detector.score_and_reconstruct(small.test_x)
+    got_scores, _ = OnnxModel(path).score(small.test_x, batch=13)
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-4)
+    plain = export_run(_run("dense", small, tmp_path / "plain"), tmp_path / "plain.onnx")
+    ops = lambda p: {n.op_type for n in onnx.load(str(p)).graph.node}  # noqa: E731
+    assert "MatMul" in ops(path) - ops(plain)  # the whitening; plain dense layers are Gemm
