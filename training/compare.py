@@ -322,7 +322,7 @@ def cross_validate(cfg: FitConfig, dataset: Dataset, args: argparse.Namespace) -
         fpr=cfg.fpr,
         seed=cfg.seed,
     )
-    r = result["results"][f"{cfg.score}/refit"]
+    r = result["results"][f"{cfg.score}/{'ensemble' if cfg.deploys_ensemble else 'refit'}"]
     return {
         "cv_roc_auc": r["roc_auc_pooled"],
         "cv_recall_at_0.001": r["recall_at_0.001"],

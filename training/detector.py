@@ -13,7 +13,7 @@ import torch
 from monitor.beats import check_windows
 from training.calibrate import Calibration, calibrate
 from training.errors import TrainingError
-from training.models import Autoencoder, build_model, load_state
+from training.models import Autoencoder, load_state, model_from_spec
 
 CHECKPOINT = "checkpoint.pt"
 CALIBRATION = "calibration.json"
@@ -51,8 +51,7 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> Autoencoder:
-    spec = ckpt["model"]
-    model = build_model(spec["variant"], spec["input_dim"], spec["latent_dim"], **spec["options"])
+    model = model_from_spec(ckpt["model"])
     load_state(model, dict(ckpt["state_dict"]))
     model.eval()
     return model

@@ -121,7 +121,7 @@ def evaluate_run(
         plots_dir=(plots_dir or run_dir / "plots") if plots else None,
         history=history,
     )
-    metrics["variant"] = detector.model.variant
+    metrics["variant"] = detector.model.architecture
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -177,7 +177,7 @@ def main(args: argparse.Namespace) -> int:
         threshold = detector.threshold
         history_path = path / "history.json"
         history = json.loads(history_path.read_text()) if history_path.is_file() else None
-        variant = detector.model.variant
+        variant = detector.model.architecture
     elif path.suffix == ".onnx":
         from training.onnx_scoring import OnnxModel  # noqa: PLC0415
 

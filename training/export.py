@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from monitor.beats import synthetic_beats
 from training.detector import CALIBRATION, load_checkpoint, model_from_checkpoint
 from training.errors import ExportError
-from training.models import Autoencoder
+from training.models import Autoencoder, Ensemble
 from training.onnx_common import ATOL, OPSET, RTOL_SCORE, weights_sha256
 from training.quantize import quantize_checked
 
@@ -33,9 +33,13 @@ PARITY_BATCHES = (1, 7, 64)
 
 
 def score_name(model: Autoencoder) -> str:
-    """`ecg.score`: l1_sum, std_l1_sum, and `_plus_latent_distance` with the latent term."""
+    """`ecg.score`: l1_sum, std_l1_sum, and `_plus_latent_distance` with the latent term;
+    `mean_of_K(...)` for an ensemble of K models."""
     name = "std_l1_sum" if model.standardised else "l1_sum"
-    return name + "_plus_latent_distance" if model.latent_scored else name
+    name = name + "_plus_latent_distance" if model.latent_scored else name
+    if isinstance(model, Ensemble):
+        return f"mean_of_{len(model.members)}({name})"
+    return name
 
 
 class ScoringGraph(nn.Module):
@@ -61,8 +65,9 @@ def _metadata(ckpt: dict[str, Any], run_dir: Path, model: Autoencoder) -> dict[s
         "ecg.threshold": repr(float(calibration["threshold"])),
         # std_l1_sum: Σ w_j |x_j − r_j| with per-sample weights baked into the graph
         "ecg.score": score_name(model),
-        "ecg.variant": model.variant,
-        "ecg.model_name": f"{str(data['name']).lower()}-{model.variant}",
+        "ecg.variant": model.architecture,
+        "ecg.ensemble": str(len(model.members)) if isinstance(model, Ensemble) else "1",
+        "ecg.model_name": f"{str(data['name']).lower()}-{model.architecture}",
         "ecg.model_version": version,
         "ecg.preprocess": "none",
         "ecg.graph_preprocess": "zscore" if model.zscore else "none",

@@ -114,6 +114,11 @@ class Autoencoder(nn.Module):
     def latent_scored(self) -> bool:
         return self.latent_term
 
+    @property
+    def architecture(self) -> str:
+        """The network's variant (an ensemble's: its members')."""
+        return self.variant
+
     def set_latent_distance(self, x_normal: Tensor, weight: float = 1.0) -> float:
         """Add the Mahalanobis distance of the code from these (training) normals' codes.
 
@@ -460,6 +465,62 @@ def check_options(variant: str, options: Any) -> None:
                 f"bad options for variant {variant!r}: {key} must be "
                 f"{_KINDS.get(kind, kind.__name__)}, got {value!r}"
             )
+
+
+class Ensemble(Autoencoder):
+    """The K cross-conformal fold models deployed together: score = the mean of their scores,
+    reconstruction = the mean of their reconstructions (what `peak_index` is taken from).
+
+    `ecg-train fit --deploy ensemble`; the nested CV measures it beside the single model
+    (BENCHMARKS.md, "Calibration"): the same false-alarm rate at the threshold the fold
+    models' out-of-fold scores give, and no ranking gain that holds across splits. Costs K
+    times the inference, and its score is the members' mean L1 sum (`ecg.score` =
+    `mean_of_K(l1_sum)`), not the L1 sum of the mean reconstruction it outputs."""
+
+    variant: ClassVar[str] = "ensemble"
+
+    def __init__(self, members: list[Autoencoder]) -> None:
+        if len(members) < 2 or len({(m.variant, m.input_dim, m.zscore) for m in members}) != 1:
+            raise TrainingError("an ensemble needs >= 2 members of one variant, length, zscore")
+        first = members[0]
+        super().__init__(first.input_dim, first.latent_dim, zscore=first.zscore)
+        self.members = nn.ModuleList(members)
+
+    @property
+    def architecture(self) -> str:
+        return self._members()[0].variant
+
+    def _members(self) -> list[Autoencoder]:
+        return [m for m in self.members if isinstance(m, Autoencoder)]
+
+    def score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        outs = [m.score(x) for m in self._members()]
+        score = torch.stack([s for s, _ in outs]).mean(dim=0)
+        return score, torch.stack([r for _, r in outs]).mean(dim=0)
+
+    def reconstruct_prepared(self, xp: Tensor) -> Tensor:
+        return torch.stack([m.reconstruct_prepared(xp) for m in self._members()]).mean(dim=0)
+
+    @property
+    def standardised(self) -> bool:
+        return self._members()[0].standardised
+
+    @property
+    def latent_scored(self) -> bool:
+        return self._members()[0].latent_scored
+
+    def loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise TrainingError("an ensemble is deployed, not trained: train its members")
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "members": [m.spec() for m in self._members()]}
+
+
+def model_from_spec(spec: dict[str, Any]) -> Autoencoder:
+    """An untrained model of a checkpoint's `model` spec (an ensemble: its members)."""
+    if spec["variant"] == Ensemble.variant:
+        return Ensemble([model_from_spec(m) for m in spec["members"]])
+    return build_model(spec["variant"], spec["input_dim"], spec["latent_dim"], **spec["options"])
 
 
 def build_model(variant: str, input_dim: int, latent_dim: int, **options: Any) -> Autoencoder:

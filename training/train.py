@@ -48,6 +48,7 @@ from training.mitdb import is_beat_spec
 from training.models import (
     MODELS,
     Autoencoder,
+    Ensemble,
     build_model,
     check_options,
     count_parameters,
@@ -91,8 +92,10 @@ CONFIG_KEYS = (
     "calibration",
     "folds",
     "score",
+    "deploy",
 )
 SCORES = ("l1", "std", "latent")
+DEPLOYS = ("single", "ensemble")
 # Early-stopping slice of each cross-conformal fold model's training windows.
 FOLD_ES_FRACTION = 0.1
 
@@ -116,6 +119,9 @@ class FitConfig:
     calibration: str = "cross-conformal"  # or conformal, quantile, lognormal, auto
     folds: int = 5  # cross-conformal folds (K)
     score: str = "l1"  # "l1" (plain L1 sum), "std" (standardised residuals), "latent" (+ code)
+    # what is deployed: "single" = the train-split model; "ensemble" = the cross-conformal
+    # fold models together (mean score; K times the inference)
+    deploy: str = "single"
 
     def __post_init__(self) -> None:
         # Types first (a recipe file can hold anything TOML can), then ranges.
@@ -142,6 +148,17 @@ class FitConfig:
             raise TrainingError(f"score must be one of {SCORES}, got {self.score!r}")
         if self.folds < 2:
             raise TrainingError(f"folds must be >= 2, got {self.folds}")
+        if self.deploy not in DEPLOYS:
+            raise TrainingError(f"deploy must be one of {DEPLOYS}, got {self.deploy!r}")
+        if self.deploy == "ensemble" and self.calibration != "cross-conformal":
+            raise TrainingError(
+                "deploy ensemble deploys the cross-conformal fold models: it needs "
+                f"calibration cross-conformal, not {self.calibration!r}"
+            )
+
+    @property
+    def deploys_ensemble(self) -> bool:
+        return self.deploy == "ensemble"
         if self.grad_clip < 0:
             raise TrainingError(f"grad_clip must be >= 0, got {self.grad_clip}")
         check_options(self.variant, self.options)
@@ -268,7 +285,10 @@ def fit(
     model = model.cpu()
     model.apply_score(cfg.score, torch.from_numpy(dataset.train))
     detector = Detector(model, device="cpu")
-    calibration = _calibrate(cfg, dataset, detector)
+    calibration, folds = _calibrate(cfg, dataset, detector)
+    if cfg.deploys_ensemble:
+        model = Ensemble(folds)
+        detector = Detector(model, device="cpu")
     detector.calibration = calibration
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -322,13 +342,17 @@ def recipe_of(cfg: FitConfig, zscore: bool = True) -> Recipe:
     )
 
 
-def _calibrate(cfg: FitConfig, dataset: Dataset, detector: Detector) -> Calibration:
+def _calibrate(
+    cfg: FitConfig, dataset: Dataset, detector: Detector
+) -> tuple[Calibration, list[Autoencoder]]:
+    """The calibration, and the cross-conformal fold models (none for the other methods)."""
     if cfg.calibration != "cross-conformal":
         why = {
             "conformal": "split conformal on the validation split (it also chose the stopping "
             "epoch, so the bound is nearly but not strictly exact)",
         }.get(cfg.calibration, "validation-split estimate, no finite-sample guarantee")
-        return calibrate(detector.score(dataset.val), cfg.fpr, method=cfg.calibration, why=why)
+        cal = calibrate(detector.score(dataset.val), cfg.fpr, method=cfg.calibration, why=why)
+        return cal, []
     normals = np.concatenate([dataset.train, dataset.val])
     groups = dataset.normal_groups
     recipe = recipe_of(cfg, zscore=detector.model.zscore)
@@ -347,18 +371,28 @@ def _calibrate(cfg: FitConfig, dataset: Dataset, detector: Detector) -> Calibrat
         f"cross-conformal: every one of the {normals.shape[0]} normal train+val windows is "
         f"scored by one of {cfg.folds} fold models that never saw it"
         + (" (folds by group)" if groups is not None else "")
-        + "; the deployed model is the train-split model, whose false-alarm rate at this "
-        "threshold nested cross-validation measured (BENCHMARKS.md)"
+        + (
+            "; the deployed model is these fold models together (mean score)"
+            if cfg.deploys_ensemble
+            else "; the deployed model is the train-split model"
+        )
+        + ", whose false-alarm rate at this threshold nested cross-validation measured "
+        "(BENCHMARKS.md)"
     )
     cal = cc.calibration(cfg.fpr, why=why)
-    deployed = detector.score(normals)
+    folds = [m.model for m in cc.models if isinstance(m, _FoldScorer)]
+    deployed = (
+        score_windows(Ensemble(folds), normals) if cfg.deploys_ensemble else detector.score(normals)
+    )
     extra = {
         **cal.extra,
-        "deployed": "train-split model (early stopping on the validation split)",
+        "deployed": f"ensemble of the {len(folds)} fold models (mean score)"
+        if cfg.deploys_ensemble
+        else "train-split model (early stopping on the validation split)",
         "oof_median": float(np.median(cc.oof_scores)),
         "deployed_median_on_normals": float(np.median(deployed)),
     }
-    return replace(cal, extra=extra)
+    return replace(cal, extra=extra), folds
 
 
 # ---------------------------------------------------------------- `ecg-train fit`
@@ -471,6 +505,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=SCORES,
         help="l1 (plain), std (per-sample standardised residuals) or latent (plus the code's "
         "Mahalanobis distance from the training normals') " + recipe_default("score"),
+    )
+    parser.add_argument(
+        "--deploy",
+        choices=DEPLOYS,
+        help="single (the train-split model) or ensemble (the cross-conformal fold models "
+        "together, mean score; K times the inference) " + recipe_default("deploy"),
     )
     parser.add_argument(
         "--grad-clip",

@@ -144,6 +144,11 @@ RECIPE_CASES = {
     "folds as a word": ('folds = "five"', "folds must be an integer"),
     "folds one": ("folds = 1", "folds must be >= 2"),
     "score unknown": ('score = "l2"', "score must be one of"),
+    "deploy unknown": ('deploy = "all"', "deploy must be one of"),
+    "deploy ensemble without its folds": (
+        'deploy = "ensemble"\ncalibration = "quantile"',
+        "deploy ensemble deploys the cross-conformal fold models",
+    ),
     "variant as a list": ('variant = ["dense"]', "unknown variant"),
     "variant unknown": ('variant = "gru"', "unknown variant 'gru'"),
     "options not a table": ("options = 5", "options must be a table"),

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 from monitor.beats import zscore
 from training import export as export_module
@@ -156,3 +157,27 @@ def test_a_latent_distance_score_exports_and_says_so(small: Dataset, tmp_path: P
     plain = export_run(_run("dense", small, tmp_path / "plain"), tmp_path / "plain.onnx")
     ops = lambda p: {n.op_type for n in onnx.load(str(p)).graph.node}  # noqa: E731
     assert "MatMul" in ops(path) - ops(plain)  # the whitening; plain dense layers are Gemm
+
+
+def test_an_ensemble_of_the_fold_models_deploys_and_exports(small: Dataset, tmp_path: Path) -> None:
+    """`--deploy ensemble`: the K cross-conformal fold models are the deployed model (mean of
+    their scores, mean reconstruction), through checkpoint, Detector and ONNX; the metadata
+    names the members' variant, their number and the score."""
+    cfg = FitConfig("dense", latent_dim=6, epochs=1, batch_size=64, lr=1e-3, folds=3,
+                    deploy="ensemble")  # fmt: skip
+    run_dir = fit(cfg, small, tmp_path / "run", progress=False, plots=False)
+    detector = Detector.load(run_dir)
+    members = list(detector.model.members)  # type: ignore[attr-defined]
+    assert detector.model.variant == "ensemble" and len(members) == 3
+    assert "ensemble of the 3 fold models" in detector.calibration.extra["deployed"]
+    x = torch.from_numpy(small.test_x)
+    with torch.no_grad():
+        each = torch.stack([m.score(x)[0] for m in members])
+    assert not torch.allclose(each[0], each[1])  # three different models
+    np.testing.assert_allclose(detector.score(small.test_x), each.mean(0).numpy(), rtol=1e-5)
+    path = export_run(run_dir, tmp_path / "ensemble.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["ecg.variant"] == "dense" and meta["ecg.ensemble"] == "3"
+    assert meta["ecg.score"] == "mean_of_3(l1_sum)" and meta["ecg.model_name"] == "synthetic-dense"
+    got, _ = OnnxModel(path).score(small.test_x, batch=13)
+    np.testing.assert_allclose(got, each.mean(0).numpy(), rtol=1e-4)
