@@ -133,6 +133,14 @@ def _bound_lower(proto: dict[str, Any]) -> float:
     return float(max(0.0, float(proto["fpr"]) - 1.0 / (n + 1.0)))
 
 
+def _spread(values: list[float | None] | None) -> str:
+    """(min–max over repeats) when there are several."""
+    vals = [v for v in values or [] if v is not None]
+    if len(vals) < 2:
+        return ""
+    return f" ({_pct(min(vals), 0)}–{_pct(max(vals), 0)})"
+
+
 def _one_calibration(proto: dict[str, Any]) -> str:
     """The 5-95 % range of one calibration's false-alarm rate (Beta law) at that n."""
     from training.calibrate import conformal_bound  # noqa: PLC0415
@@ -145,7 +153,7 @@ def _one_calibration(proto: dict[str, Any]) -> str:
 def report_table(runs: list[dict[str, Any]], keys: Sequence[str]) -> str:
     lines = [
         "| variant | score / deployment | repeats × outer folds | ROC AUC | recall @0.1 % FA "
-        "| @1 % FA | @5 % FA | FA at the 1 % threshold ± s.e. | recall there "
+        "| @1 % FA (per repeat) | @5 % FA | FA at the 1 % threshold ± s.e. | recall there "
         "| split-conformal bound on FA | one calibration's FA, 90 % of draws |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
@@ -161,7 +169,8 @@ def report_table(runs: list[dict[str, Any]], keys: Sequence[str]) -> str:
             lines.append(
                 f"| {name} | {key} | {r.get('repeats', proto['repeats'])} × {proto['outer_k']} "
                 f"| {r['roc_auc_pooled']:.4f} | {_pct(r['recall_at_0.001'])} "
-                f"| {_pct(r['recall_at_0.01'])} | {_pct(r['recall_at_0.05'])} "
+                f"| {_pct(r['recall_at_0.01'])}{_spread(r.get('recall_at_0.01_by_repeat'))} "
+                f"| {_pct(r['recall_at_0.05'])} "
                 f"| {_pct(r['fa_at_threshold'], 2)} ± {_pct(r['fa_se'], 2)} % "
                 f"| {_pct(r['recall_at_threshold'])} "
                 f"| [{_pct(_bound_lower(proto), 2)}, {_pct(r['bound_fa_upper'], 2)}] % "

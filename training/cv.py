@@ -181,7 +181,7 @@ def nested_cv(
                     f"std/refit FA {c.fa[-1]:.3f} recall {c.recall[-1]:.3f} "
                     f"({time.monotonic() - started:.0f} s)"
                 )
-    results = summarise(cells)
+    results = summarise(cells, outer_k)
     n_held = results[f"{SCORES[0]}/{DEPLOYS[0]}"]["held_out_judgements"]
     return {
         "variant": recipe.variant,
@@ -230,10 +230,17 @@ def _raw(c: _Collect) -> dict[str, Any]:
     }
 
 
-def summarise(cells: dict[tuple[str, str], _Collect]) -> dict[str, Any]:
-    """Per (score, deploy) metrics pooled over every outer fold of every repeat."""
+def summarise(cells: dict[tuple[str, str], _Collect], outer_k: int) -> dict[str, Any]:
+    """Per (score, deploy) metrics pooled over every outer fold of every repeat, and recall at
+    1 % false alarms per repeat (how much one split of the normals moves it)."""
     results: dict[str, Any] = {}
     for (kind, d), c in cells.items():
+        by_repeat = []
+        for r in range(0, len(c.normal_scores), outer_k):
+            h = np.concatenate(c.normal_scores[r : r + outer_k])
+            a = np.concatenate(c.anomaly_scores[r : r + outer_k])
+            lab_r = np.r_[np.zeros(h.size, bool), np.ones(a.size, bool)]
+            by_repeat.append(recall_at_fpr(np.r_[h, a], lab_r, 0.01))
         hs = np.concatenate(c.normal_scores)
         as_ = np.concatenate(c.anomaly_scores)
         lab = np.r_[np.zeros(hs.size, bool), np.ones(as_.size, bool)]
@@ -255,6 +262,7 @@ def summarise(cells: dict[tuple[str, str], _Collect]) -> dict[str, Any]:
             "fa_binomial_se": math.sqrt(max(fa_pooled * (1 - fa_pooled), 1e-12) / weights.sum()),
             "bound_fa_upper": float(np.mean(c.bound_upper)),
             "held_out_judgements": int(weights.sum()),
+            "recall_at_0.01_by_repeat": by_repeat,
         }
     return results
 
@@ -290,7 +298,7 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     merged["fits"] = sum(int(r["fits"]) for r in runs)
     merged["seconds"] = sum(float(r["seconds"]) for r in runs)
-    merged["results"] = summarise(cells)
+    merged["results"] = summarise(cells, int(first["protocol"]["outer_k"]))
     for key, n in repeats.items():
         merged["results"][key]["repeats"] = n
     merged["raw"] = {f"{k}/{d}": _raw(c) for (k, d), c in cells.items()}
