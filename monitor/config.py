@@ -54,7 +54,7 @@ class MqttConfig:
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    path: str = "../models/ecg5000-dense.onnx"
+    path: str = "../models/ecg5000-vae.onnx"
     threshold: float = math.nan
     provider: str = "auto"
     intra_op_threads: int = 0

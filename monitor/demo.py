@@ -42,7 +42,7 @@ from monitor.simulate import BeatPool, Fleet, GroundTruthWriter, SentWindow
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "ecg-synthetic-dense.onnx"  # for the synthetic fleet
-ECG5000_MODEL = MODELS_DIR / "ecg5000-dense.onnx"  # for ucr: replay of real ECG5000 beats
+ECG5000_MODEL = MODELS_DIR / "ecg5000-vae.onnx"  # for ucr: replay of real ECG5000 beats
 
 
 def default_model(source: str) -> Path:

@@ -37,7 +37,7 @@ def test_shipped_config_documents_every_option_with_its_default() -> None:
 
 def test_shipped_config_loads_and_resolves_paths_against_its_directory() -> None:
     cfg = load_config(SHIPPED)
-    assert Path(cfg.model.path) == (ROOT / "models" / "ecg5000-dense.onnx").resolve()
+    assert Path(cfg.model.path) == (ROOT / "models" / "ecg5000-vae.onnx").resolve()
     assert cfg.mqtt.subscription == "ecg/+/window"
     assert cfg.service.instance_id  # the host name by default
     assert cfg.mqtt.client_id == f"ecg-monitor-{cfg.service.instance_id}"
