@@ -122,7 +122,8 @@ class Autoencoder(nn.Module):
     def set_latent_distance(self, x_normal: Tensor, weight: float = 1.0) -> float:
         """Add the Mahalanobis distance of the code from these (training) normals' codes.
 
-        Mean and covariance of their codes (ridge 1e-3 of the mean variance); the term is
+        Mean and covariance of their codes (ridge 1e-3 of the mean variance, at least 1e-4 of
+        the codes' mean square); the term is
         scaled so that on these windows its median is `weight` times the median of the
         reconstruction score. Sets the buffers and returns the scale."""
         with torch.no_grad():
@@ -132,7 +133,11 @@ class Autoencoder(nn.Module):
             recon_score = self.score(x_normal)[0].double()
             mean = h.mean(dim=0)
             cov = torch.cov(h.T).reshape(h.shape[1], h.shape[1])
-            cov = cov + 1e-3 * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
+            # ridge: 1e-3 of the mean code variance, and at least 1e-4 of the codes' mean square,
+            # so a barely trained model whose codes hardly vary does not turn float32 jitter in
+            # the code into score (a trained model's variance is far above that floor)
+            ridge = torch.maximum(1e-3 * cov.diagonal().mean(), 1e-4 * h.pow(2).mean())
+            cov = cov + ridge * torch.eye(cov.shape[0], dtype=cov.dtype)
             whiten = torch.linalg.inv(torch.linalg.cholesky(cov)).T  # ‖(h − μ)·W‖ = Mahalanobis
             self._buffer("latent_mean").copy_(mean)
             self._buffer("latent_whiten").copy_(whiten)
