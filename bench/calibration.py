@@ -127,10 +127,14 @@ def _pct(v: float | None, digits: int = 1) -> str:
     return "—" if v is None or math.isnan(v) else f"{100 * v:.{digits}f}"
 
 
+def _calibration_n(proto: dict[str, Any]) -> float:
+    """The typical calibration size n of an outer fold: the normals it does not hold out."""
+    return float(proto["normals"] * (proto["outer_k"] - 1) / proto["outer_k"])
+
+
 def _bound_lower(proto: dict[str, Any]) -> float:
     """α − 1/(n + 1) for the typical calibration size n of an outer fold."""
-    n = proto["normals"] * (proto["outer_k"] - 1) / proto["outer_k"]
-    return float(max(0.0, float(proto["fpr"]) - 1.0 / (n + 1.0)))
+    return float(max(0.0, float(proto["fpr"]) - 1.0 / (_calibration_n(proto) + 1.0)))
 
 
 def _spread(values: list[float | None] | None) -> str:
@@ -145,8 +149,8 @@ def _one_calibration(proto: dict[str, Any]) -> str:
     """The 5-95 % range of one calibration's false-alarm rate (Beta law) at that n."""
     from training.calibrate import conformal_bound  # noqa: PLC0415
 
-    n = round(proto["normals"] * (proto["outer_k"] - 1) / proto["outer_k"])
-    law = conformal_bound(n, float(proto["fpr"]))["fa_given_calibration"]
+    law = conformal_bound(round(_calibration_n(proto)), float(proto["fpr"]))
+    law = law["fa_given_calibration"]
     return f"{_pct(law['q05'], 2)}–{_pct(law['q95'], 2)} %"
 
 

@@ -76,17 +76,19 @@ AUTO_BATCH: dict[str, tuple[int, int]] = {
     "CPUExecutionProvider": (64, 2),
     "CUDAExecutionProvider": (4096, 4),
 }
-CPU_AUTO_BATCHES = (64, 128, 256, 512, 1024)
+CPU_AUTO_BATCHES = (128, 256, 512, 1024)  # above the CPU entry's 64
 CPU_BATCH_BUDGET_S = 0.002  # the inference time a CPU "auto" batch may cost
 
 
 def cpu_auto_batch(seconds_per_window: float | None) -> int:
     """The largest of CPU_AUTO_BATCHES whose inference takes at most CPU_BATCH_BUDGET_S at
-    the measured cost per window (64 when the cost is unknown or already over budget)."""
+    the measured cost per window; AUTO_BATCH's CPU size (64) when the cost is unknown or
+    none of them fits."""
+    floor = AUTO_BATCH["CPUExecutionProvider"][0]
     if seconds_per_window is None or not seconds_per_window > 0.0:
-        return CPU_AUTO_BATCHES[0]
+        return floor
     fits = [n for n in CPU_AUTO_BATCHES if n * seconds_per_window <= CPU_BATCH_BUDGET_S]
-    return fits[-1] if fits else CPU_AUTO_BATCHES[0]
+    return fits[-1] if fits else floor
 
 
 @dataclass(frozen=True, slots=True)

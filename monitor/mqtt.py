@@ -220,6 +220,14 @@ class _Client(paho.Client):
         return _SUCCESS
 
     def _fast_puback(self, body: bytearray) -> MQTTErrorCode:
+        assert self.puback_hook is not None
+        return self._puback_done(body, self.puback_hook)
+
+    def _puback_done(
+        self, body: bytes | bytearray, hook: Callable[[int, int], None]
+    ) -> MQTTErrorCode:
+        """One PUBACK (mid, optional reason code): its message leaves paho's in-flight store,
+        its info is marked published, and the hook learns of it."""
         mid = (body[0] << 8) | body[1]
         reason = body[2] if len(body) > 2 else 0
         with self._out_message_mutex:
@@ -228,8 +236,7 @@ class _Client(paho.Client):
                 return _SUCCESS
             self._inflight_messages -= 1
         msg.info._set_as_published()
-        assert self.puback_hook is not None
-        self.puback_hook(mid, reason)
+        hook(mid, reason)
         return _SUCCESS
 
     def ack_many(self, mids: Sequence[int]) -> None:
@@ -247,16 +254,7 @@ class _Client(paho.Client):
         packet = self._in_packet["packet"]
         if cmd != "PUBACK" or hook is None or len(packet) < 2:
             return super()._handle_pubackcomp(cmd)
-        mid = (packet[0] << 8) | packet[1]
-        reason = packet[2] if len(packet) > 2 else 0
-        with self._out_message_mutex:
-            msg = self._out_messages.pop(mid, None)
-            if msg is None:
-                return _SUCCESS
-            self._inflight_messages -= 1
-        msg.info._set_as_published()
-        hook(mid, reason)
-        return _SUCCESS
+        return self._puback_done(packet, hook)
 
     def publish_many(self, items: Sequence[tuple[bytes, bytes, bool]]) -> list[int] | None:
         """QoS 1 publish of (topic, payload, retain) items as one write; their mids, or None
